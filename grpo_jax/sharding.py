@@ -86,14 +86,16 @@ def _is_variable(x) -> bool:
 
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES):
-  """A pytree of `NamedSharding`s matching `state` (an `nnx.State` of parameters)."""
+  """`NamedSharding`s with exactly the tree structure of `state` (an `nnx.State` of parameters)."""
 
   def one(var):
     value = var.get_value() if hasattr(var, "get_value") else var.value
     axes = var.get_metadata().get("axes") if hasattr(var, "get_metadata") else None
     return NamedSharding(mesh, logical_to_spec(axes, value.shape, mesh, rules))
 
-  return jax.tree.map(one, state, is_leaf=_is_variable)
+  leaves = [one(v) if _is_variable(v) else NamedSharding(mesh, P())
+            for v in jax.tree.leaves(state, is_leaf=_is_variable)]
+  return jax.tree.unflatten(jax.tree.structure(state), leaves)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

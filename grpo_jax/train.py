@@ -1,0 +1,225 @@
+"""The GRPO update: `TrainState`, the optimizer, rollout scoring and the jitted `train_step`.
+
+Everything here is a pure function of pytrees. `Trainer` builds the jitted functions once, with explicit
+in/out shardings over a (`data`, `fsdp`, `tensor`) mesh and a donated state, and the Python loop
+(`grpo_jax.loop`) only calls them.
+
+Shapes: B prompts, G group size, N = B*G sequences, P prompt length, T completion length.
+A `Batch` is a dict of device arrays:
+  prompt_tokens, prompt_mask  [N, P]  (left-padded)
+  tokens, mask                [N, T]  completion and its mask (1 up to and including EOS)
+  old_logp, ref_logp          [N, T]  behaviour-policy and reference log-probs
+  advantages                  [N]     or [N, T] (process supervision)
+  loss_mask                   [N, T]  mask with filtered sequences zeroed (dynamic sampling, overlong)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from grpo_jax import advantages as adv_lib
+from grpo_jax import losses
+from grpo_jax import sharding as shd
+from grpo_jax.model import positions_from_mask
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: Any  # nnx.State of the policy
+  opt_state: Any
+  step: jax.Array  # int32 scalar: optimizer updates done
+  rng: jax.Array  # typed PRNG key; per-step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static GRPO objective settings (see `losses.grpo_loss`)."""
+
+  beta: float = 0.0
+  kl_kind: str = "k3"
+  clip_low: float = 0.2
+  clip_high: float = 0.2
+  clip_c: float | None = None
+  ratio_level: str = "token"
+  agg: str = "seq-mean-token-mean"
+  norm_len: int | None = None
+  temperature: float = 1.0  # the sampling temperature: logits are scored at the same temperature
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+  """Static settings of the per-rollout preparation (advantages and sequence filters)."""
+
+  estimator: str = "grpo"
+  scale: str = "group"
+  eps: float = 1e-6
+  kl_in_reward: bool = False  # PPO-style: subtract beta * sum_t KL from the reward instead of the loss
+  beta: float = 0.0
+  kl_kind: str = "k3"
+  filter_zero_std: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+  mask_truncated: bool = False  # DAPO overlong filtering: drop completions without EOS
+
+
+def make_optimizer(lr: float, *, warmup_steps: int = 0, total_steps: int = 1, schedule: str = "constant",
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.99,
+                   grad_clip: float = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW behind global-norm clipping, with linear warmup then a constant or cosine schedule."""
+  if schedule == "constant":
+    after = optax.constant_schedule(lr)
+  elif schedule == "cosine":
+    after = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1))
+  else:
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {schedule!r}")
+  sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), after], [warmup_steps])
+  tx = optax.chain(optax.clip_by_global_norm(grad_clip),
+                   optax.adamw(sched, b1=b1, b2=b2, weight_decay=weight_decay))
+  return tx, sched
+
+
+def completion_logprobs(graphdef, params, prompt_tokens, prompt_mask, tokens, mask, temperature):
+  """Teacher-forced log-probs of the completion under `params`: `[N, T]` float32 (and entropy)."""
+  model = nnx.merge(graphdef, params)
+  p = prompt_tokens.shape[1]
+  full_tokens = jnp.concatenate([prompt_tokens, tokens], axis=1)
+  full_mask = jnp.concatenate([prompt_mask, mask], axis=1)
+  hidden = model(full_tokens, positions_from_mask(full_mask), full_mask, return_hidden=True)
+  # Position P-1+t predicts completion token t: only those T positions are projected to logits.
+  logits = model.logits(hidden[:, p - 1:-1])
+  return (losses.token_logprobs(logits, tokens, temperature),
+          losses.token_entropy(logits, temperature))
+
+
+def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, group_size: int,
+                  cfg: AdvantageConfig, rescore_old: bool, temperature: float):
+  """Per-rollout, on device: old/reference log-probs, (KL-shaped) rewards, advantages, loss mask.
+
+  Args:
+    batch: dict with prompt_tokens/prompt_mask `[N, P]`, tokens/mask `[N, T]`, and `old_logp [N, T]`
+      from the sampler (replaced by a re-scoring under `params` when `rescore_old`).
+    rewards_BxG: float32 rewards; valid_N: bool, False for samples dropped by the reward runner.
+  """
+  out = dict(batch)
+  args = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], batch["mask"], temperature)
+  if rescore_old:
+    out["old_logp"] = completion_logprobs(graphdef, params, *args)[0]
+  out["old_logp"] = jax.lax.stop_gradient(out["old_logp"])
+  mask = batch["mask"].astype(jnp.float32)
+  need_ref = ref_params is not None
+  out["ref_logp"] = (completion_logprobs(graphdef, ref_params, *args)[0] if need_ref
+                     else jnp.zeros_like(out["old_logp"]))
+  rewards = rewards_BxG
+  metrics = {}
+  if cfg.kl_in_reward and need_ref:
+    kl_N = jnp.sum(losses.kl_penalty(out["old_logp"], out["ref_logp"], cfg.kl_kind) * mask, axis=1)
+    rewards = rewards - cfg.beta * kl_N.reshape(rewards.shape)
+    metrics["kl_reward_penalty"] = jnp.mean(cfg.beta * kl_N)
+  advantages = adv_lib.group_advantages(rewards, cfg.estimator, cfg.eps, scale=cfg.scale)
+  keep_N = valid_N
+  zero_std_B = jnp.all(rewards_BxG == rewards_BxG[:, :1], axis=1)
+  metrics["frac_zero_std_groups"] = jnp.mean(zero_std_B.astype(jnp.float32))
+  if cfg.filter_zero_std:
+    keep_N = keep_N & ~jnp.repeat(zero_std_B, group_size)
+  truncated_N = batch["truncated"]
+  if cfg.mask_truncated:
+    keep_N = keep_N & ~truncated_N
+  out["advantages"] = advantages.reshape(-1)
+  out["loss_mask"] = mask * keep_N[:, None].astype(jnp.float32)
+  metrics["frac_kept"] = jnp.mean(keep_N.astype(jnp.float32))
+  metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(advantages))
+  return out, metrics
+
+
+def loss_fn(params, graphdef, mb, cfg: LossConfig):
+  """GRPO loss of one microbatch (dict as `Batch`), returning `(loss, metrics)`."""
+  logp, entropy = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_mask"],
+                                      mb["tokens"], mb["mask"], cfg.temperature)
+  ref_logp = mb["ref_logp"] if cfg.beta else None
+  loss, metrics = losses.grpo_loss(
+      logp, mb["old_logp"], ref_logp, mb["advantages"], mb["loss_mask"], beta=cfg.beta,
+      kl_kind=cfg.kl_kind, clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c,
+      ratio_level=cfg.ratio_level, agg=cfg.agg, norm_len=cfg.norm_len)
+  m = mb["loss_mask"]
+  metrics = dict(metrics)
+  metrics["entropy"] = jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return loss, metrics
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, cfg: LossConfig, grad_accum: int = 1):
+  """One optimizer update on `batch` (N sequences), accumulating gradients over `grad_accum`
+  equal microbatches with `lax.scan`. The loss is the mean of the microbatch losses, which equals the
+  full-batch loss for the sequence-mean aggregations (equal microbatch sizes)."""
+  n = batch["tokens"].shape[0]
+  if n % grad_accum:
+    raise ValueError(f"batch of {n} sequences is not divisible by grad_accum={grad_accum}")
+  micro = jax.tree.map(lambda x: x.reshape(grad_accum, n // grad_accum, *x.shape[1:]), batch)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulate(carry, mb):
+    grads_acc, loss_acc = carry
+    (loss, metrics), grads = grad_fn(state.params, graphdef, mb, cfg)
+    grads_acc = jax.tree.map(lambda a, g: a + g / grad_accum, grads_acc, grads)
+    return (grads_acc, loss_acc + loss / grad_accum), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, loss), metrics = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)), micro)
+  metrics = jax.tree.map(jnp.mean, metrics)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
+                 param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
+  return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+class Trainer:
+  """Holds the jitted update and preparation functions for one model, mesh and config."""
+
+  def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
+               adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
+               rescore_old: bool = False):
+    self.graphdef, self.mesh, self.tx = graphdef, mesh, tx
+    self.param_shardings = shd.param_shardings(params, mesh)
+    repl = shd.replicated(mesh)
+    opt_shape = jax.eval_shape(tx.init, params)
+    # Optimizer moments shard like the parameters they follow; scalars (counts) are replicated.
+    self.opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, opt_shape, self.param_shardings, transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
+    self.state_shardings = TrainState(params=self.param_shardings, opt_state=self.opt_shardings,
+                                      step=repl, rng=repl)
+    row = lambda x: shd.batch_sharding(mesh, x.ndim)  # noqa: E731
+    self._batch_sharding = row
+    self._init = jax.jit(lambda p, rng: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32), rng),
+                         out_shardings=self.state_shardings)
+    self._step = jax.jit(
+        lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, schedule=schedule, cfg=loss_cfg,
+                                grad_accum=grad_accum),
+        in_shardings=(self.state_shardings, None), out_shardings=(self.state_shardings, repl),
+        donate_argnums=0)
+    need_ref = loss_cfg.beta != 0.0 or (adv_cfg.kl_in_reward and adv_cfg.beta != 0.0)
+    self.need_ref = need_ref
+    self._prepare = jax.jit(
+        lambda p, r, b, rew, valid: prepare_batch(
+            graphdef, p, r, b, rew, valid, group_size=group_size, cfg=adv_cfg,
+            rescore_old=rescore_old, temperature=loss_cfg.temperature))
+
+  def init_state(self, params, rng) -> TrainState:
+    return self._init(params, rng)
+
+  def shard_batch(self, batch: dict) -> dict:
+    """Host arrays `[N, ...]` -> device arrays sharded over the batch axes."""
+    return {k: jax.device_put(v, self._batch_sharding(v)) for k, v in batch.items()}
+
+  def prepare(self, params, ref_params, batch, rewards_BxG, valid_N):
+    return self._prepare(params, ref_params if self.need_ref else None, batch, rewards_BxG, valid_N)
+
+  def step(self, state: TrainState, batch: dict):
+    return self._step(state, batch)
