@@ -228,8 +228,9 @@ class Decoder(nnx.Module):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     pd = config.param_dtype
     self.config = config
+    # std 1/sqrt(D): with tied embeddings the initial logits then have unit scale.
     self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd,
-                        scale=1.0)
+                        scale=1.0 / math.sqrt(config.hidden_size))
     self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
     self.final_norm = _ones((config.hidden_size,), ("embed",), pd)
     if not config.tie_embeddings:

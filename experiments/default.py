@@ -1,0 +1,110 @@
+"""The embedded default: a tiny decoder learns 2-digit addition on a laptop CPU with GRPO.
+
+A short supervised warm start teaches the answer format with imperfect accuracy; GRPO with an
+exact-match reward then raises held-out greedy accuracy. Runs in a few minutes on 2 CPU cores:
+
+  python -m grpo_jax.main --config experiments/default.py --workdir /tmp/grpo_default
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # every random draw derives from this
+  c.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+
+  c.model = ml_collections.ConfigDict()
+  c.model.source = "tiny"  # "tiny": a fresh ModelConfig.tiny(); "hf": a local Hugging Face directory
+  c.model.path = ""  # the Hugging Face directory when source == "hf"
+  c.model.dtype = "float32"  # activation dtype ("bfloat16" on TPU/GPU)
+  c.model.param_dtype = "float32"  # parameter dtype of the tiny model
+  c.model.tiny = ml_collections.ConfigDict(dict(  # ModelConfig.tiny overrides
+      hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+      head_dim=32))
+  c.tokenizer = "char"  # "char": the package's character tokenizer; else a tokenizer directory
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "arithmetic"  # see grpo_jax.tasks.get_task
+  c.task.kwargs = ml_collections.ConfigDict(dict(  # passed to get_task
+      num_train=20000, num_eval=256, num_digits=2, num_operands=2, ops="+", seed=0))
+
+  c.prompt = ml_collections.ConfigDict()
+  c.prompt.system_prompt = ""  # prepended as a system message with chat templates
+  c.prompt.template = ""  # plain template with {question}; "" uses the prompt text as is
+  c.prompt.use_chat_template = False  # format with the tokenizer's chat template
+
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.names = ("exact_match",)  # reward functions (grpo_jax.rewards registry), summed
+  c.rewards.weights = (1.0,)  # one weight per reward function
+  c.rewards.kwargs = ml_collections.ConfigDict()  # per-function keyword arguments, by name
+  c.rewards.correctness = "exact_match"  # the reward that defines "correct" in evaluation
+  c.rewards.timeout_s = 10.0  # per reward-function call
+  c.rewards.on_error = "fallback"  # a failing reward: "fallback" value or "drop" the sample
+  c.rewards.fallback = 0.0
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.prompts_per_step = 32  # B prompts per GRPO step
+  c.rollout.prompt_len = 8  # prompts are left-padded to this bucket (tokens)
+  c.rollout.max_new_tokens = 4  # T: completion length (answer + EOS)
+  c.rollout.temperature = 1.0  # sampling temperature (logits are scored at the same temperature)
+  c.rollout.top_k = 0  # 0: off
+  c.rollout.top_p = 1.0  # 1.0: off
+  c.rollout.min_p = 0.0  # 0.0: off
+
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.group_size = 8  # G completions per prompt
+  c.grpo.estimator = "grpo"  # grpo | dr_grpo | rloo
+  c.grpo.scale = "group"  # group | batch | none: what the advantage is divided by
+  c.grpo.beta = 0.0  # KL coefficient (DeepSeekMath 0.04; 0 skips the reference model)
+  c.grpo.kl_kind = "k3"  # k1 | k2 | k3 | low_var_kl
+  c.grpo.kl_in_reward = False  # True: PPO-style, subtract beta*KL from the reward
+  c.grpo.clip_low = 0.2  # epsilon (lower)
+  c.grpo.clip_high = 0.2  # epsilon (upper; DAPO clip-higher uses 0.28)
+  c.grpo.clip_c = ml_collections.config_dict.placeholder(float)  # dual-clip constant (> 1) or None
+  c.grpo.ratio_level = "token"  # token (GRPO) | sequence (GSPO)
+  c.grpo.agg = "seq-mean-token-mean"  # loss aggregation (see losses.aggregate)
+  c.grpo.norm_len = ml_collections.config_dict.placeholder(int)  # Dr. GRPO constant; None: T
+  c.grpo.num_iterations = 1  # mu: optimization passes per rollout
+  c.grpo.num_minibatches = 1  # optimizer updates per pass
+  c.grpo.grad_accum = 1  # microbatches per update
+  c.grpo.old_logp = "sampler"  # sampler | rescore: where old-policy log-probs come from
+  c.grpo.ref_reset_every = 0  # iterative GRPO: reference := policy every K steps (0: never)
+  c.grpo.filter_zero_std = False  # DAPO dynamic sampling (mask groups with equal rewards)
+  c.grpo.mask_truncated = False  # DAPO overlong filtering (mask completions without EOS)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-4  # AdamW peak learning rate
+  c.optim.warmup_steps = 5  # in GRPO steps
+  c.optim.schedule = "constant"  # constant | cosine
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.grad_clip = 1.0  # global-norm clipping
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.steps = 300  # supervised warm-start steps before GRPO (0: none)
+  c.sft.batch_size = 64
+  c.sft.lr = 3e-3
+  c.sft.target_key = "answer"  # example column the warm start imitates
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100  # GRPO steps (rollouts)
+  c.train.sample_every = 10  # log sample completions every N steps (0: never)
+  c.train.num_samples_logged = 4
+  c.train.progress_bar = True
+  c.train.export_hf = False  # write the final policy as a Hugging Face directory
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 10  # held-out evaluation every N steps (0: only at the start and end)
+  c.eval.num_examples = 256
+  c.eval.batch_size = 128
+  c.eval.k = 4  # pass@k / maj@k samples per prompt (0: greedy accuracy only)
+  c.eval.temperature = 1.0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 25  # save every N GRPO steps (and at the end)
+  c.checkpoint.keep = 2  # keep the last K checkpoints ...
+  c.checkpoint.best_metric = "eval/accuracy"  # ... plus the best one by this eval metric
+  c.checkpoint.async_save = True
+  return c

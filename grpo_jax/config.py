@@ -1,0 +1,139 @@
+"""Experiment configs: up-front validation with errors that name the bad key, and builders.
+
+A config is one `ml_collections.ConfigDict` from an `experiments/*.py` module's `get_config()` (see
+`experiments/default.py` for every field with a comment). `validate(config, num_devices)` runs before
+anything is built; `load_config(path)` imports a config file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import ml_collections
+
+ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+SCALES = ("group", "batch", "none")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+RATIO_LEVELS = ("token", "sequence")
+OLD_LOGP = ("sampler", "rescore")
+MODEL_SOURCES = ("tiny", "hf")
+REQUIRED = ("seed", "mesh", "model", "tokenizer", "task", "prompt", "rewards", "rollout", "grpo",
+            "optim", "train", "eval", "checkpoint", "sft")
+
+
+class ConfigError(ValueError):
+  """A config value is missing, of the wrong kind, or incompatible with another."""
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Imports `path` and returns its `get_config()`."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location("grpo_experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config()")
+  return module.get_config()
+
+
+def _check(cond: bool, key: str, msg: str):
+  if not cond:
+    raise ConfigError(f"config.{key}: {msg}")
+
+
+def _one_of(config, key: str, allowed):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  _check(value in allowed, key, f"{value!r} is not one of {list(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises `ConfigError` naming the first bad key."""
+  for key in REQUIRED:
+    _check(key in config, key, "missing")
+  c = config
+  _check(len(c.mesh) == 3, "mesh", f"must be (data, fsdp, tensor), got {tuple(c.mesh)}")
+  mesh = list(c.mesh)
+  _check(mesh.count(-1) <= 1 and all(m == -1 or m >= 1 for m in mesh), "mesh",
+         f"entries must be >= 1 with at most one -1, got {tuple(mesh)}")
+  known = math.prod(m for m in mesh if m != -1)
+  _check(num_devices % known == 0 if -1 in mesh else known == num_devices, "mesh",
+         f"{tuple(mesh)} does not fit the {num_devices} available devices")
+  if -1 in mesh:
+    mesh[mesh.index(-1)] = num_devices // known
+  batch_shards = mesh[0] * mesh[1]
+
+  _one_of(c, "model.source", MODEL_SOURCES)
+  if c.model.source == "hf":
+    _check(bool(c.model.path), "model.path", "is required when model.source == 'hf'")
+    _check(os.path.isdir(c.model.path), "model.path", f"{c.model.path!r} is not a directory")
+  _one_of(c, "grpo.estimator", ESTIMATORS)
+  _one_of(c, "grpo.scale", SCALES)
+  _one_of(c, "grpo.agg", AGG_MODES)
+  _one_of(c, "grpo.kl_kind", KL_KINDS)
+  _one_of(c, "grpo.ratio_level", RATIO_LEVELS)
+  _one_of(c, "grpo.old_logp", OLD_LOGP)
+  g = c.grpo
+  _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 (a group needs a baseline), got {g.group_size}")
+  _check(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
+  _check(0 <= g.clip_low < 1, "grpo.clip_low", f"must be in [0, 1), got {g.clip_low}")
+  _check(g.clip_high >= 0, "grpo.clip_high", f"must be >= 0, got {g.clip_high}")
+  _check(g.clip_c is None or g.clip_c > 1, "grpo.clip_c", f"must be None or > 1, got {g.clip_c}")
+  _check(g.num_iterations >= 1, "grpo.num_iterations", f"must be >= 1, got {g.num_iterations}")
+  _check(g.ref_reset_every >= 0, "grpo.ref_reset_every", "must be >= 0 (0: never)")
+  _check(g.norm_len is None or g.agg == "seq-mean-token-sum-norm", "grpo.norm_len",
+         "is only used with agg='seq-mean-token-sum-norm'")
+  if g.num_iterations > 1 or g.old_logp == "rescore":
+    pass  # old log-probs are fixed per rollout either way
+
+  r = c.rollout
+  _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
+  _check(r.prompt_len >= 1, "rollout.prompt_len", "must be >= 1")
+  _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+  _check(r.temperature > 0, "rollout.temperature", "must be > 0 for GRPO sampling")
+  n = r.prompts_per_step * g.group_size
+  per_update = n // g.num_minibatches if n % g.num_minibatches == 0 else None
+  _check(per_update is not None, "grpo.num_minibatches",
+         f"{g.num_minibatches} does not divide the rollout batch of {n} sequences")
+  _check(per_update % g.grad_accum == 0, "grpo.grad_accum",
+         f"{g.grad_accum} does not divide the minibatch of {per_update} sequences")
+  _check((per_update // g.grad_accum) % batch_shards == 0, "rollout.prompts_per_step",
+         f"a microbatch of {per_update // g.grad_accum} sequences (prompts_per_step * group_size / "
+         f"num_minibatches / grad_accum) is not divisible by the {batch_shards} data*fsdp shards of "
+         f"mesh {tuple(mesh)}")
+  _check(n % batch_shards == 0, "rollout.prompts_per_step",
+         f"the rollout batch of {n} sequences is not divisible by {batch_shards} data*fsdp shards")
+
+  names, weights = tuple(c.rewards.names), tuple(c.rewards.weights)
+  _check(len(names) >= 1, "rewards.names", "needs at least one reward function")
+  _check(len(names) == len(weights), "rewards.weights",
+         f"has {len(weights)} entries for {len(names)} reward functions")
+  _check(c.rewards.on_error in ("fallback", "drop"), "rewards.on_error", "must be 'fallback' or 'drop'")
+  from grpo_jax import rewards as rewards_lib  # the registry names the valid reward functions
+  for name in (*names, c.rewards.correctness):
+    try:
+      rewards_lib.get_reward_fn(name, **dict(c.rewards.kwargs.get(name, {})))
+    except (KeyError, ValueError, TypeError) as e:
+      raise ConfigError(f"config.rewards: reward function {name!r}: {e}") from e
+
+  o = c.optim
+  _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+  _check(o.schedule in ("constant", "cosine"), "optim.schedule", "must be 'constant' or 'cosine'")
+  _check(o.grad_clip > 0, "optim.grad_clip", "must be > 0")
+  _check(c.train.num_steps >= 1, "train.num_steps", "must be >= 1")
+  _check(c.eval.batch_size % batch_shards == 0, "eval.batch_size",
+         f"{c.eval.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
+  _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+  _check(c.sft.steps >= 0, "sft.steps", "must be >= 0")
+  if c.sft.steps:
+    _check(c.sft.batch_size % batch_shards == 0, "sft.batch_size",
+           f"{c.sft.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)

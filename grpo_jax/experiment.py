@@ -1,0 +1,91 @@
+"""Builds everything an experiment config names: mesh, tokenizer, model, data, trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from grpo_jax import sharding as shd
+from grpo_jax import tasks as tasks_lib
+from grpo_jax import tokenizer as tokenizer_lib
+from grpo_jax import train as train_lib
+from grpo_jax.model import Decoder, ModelConfig
+from grpo_jax.rollout import PromptFormat
+from grpo_jax.tasks.data import PromptIterator
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: Any
+  mesh: Any
+  tokenizer: Any
+  graphdef: Any
+  params: Any  # the initial policy parameters (nnx.State, sharded)
+  trainer: train_lib.Trainer
+  fmt: PromptFormat
+  train_examples: list
+  eval_examples: list
+  iterator: PromptIterator
+
+
+def build_model(c, tokenizer, mesh):
+  """`(graphdef, params)` of the initial policy, placed on `mesh`."""
+  if c.model.source == "hf":
+    from grpo_jax import hf
+    model = hf.from_pretrained(c.model.path, jnp.dtype(c.model.dtype), mesh=mesh)
+    return nnx.split(model)
+  tiny = dict(c.model.tiny)
+  cfg = ModelConfig.tiny(vocab_size=tokenizer.vocab_size, dtype=c.model.dtype,
+                         param_dtype=c.model.param_dtype, **tiny)
+  return shd.init_sharded(lambda: Decoder(cfg, nnx.Rngs(params=c.seed)), mesh)
+
+
+def loss_config(c) -> train_lib.LossConfig:
+  g = c.grpo
+  return train_lib.LossConfig(
+      beta=0.0 if g.kl_in_reward else float(g.beta), kl_kind=g.kl_kind, clip_low=g.clip_low,
+      clip_high=g.clip_high, clip_c=g.clip_c, ratio_level=g.ratio_level, agg=g.agg,
+      norm_len=g.norm_len, temperature=c.rollout.temperature)
+
+
+def advantage_config(c) -> train_lib.AdvantageConfig:
+  g = c.grpo
+  return train_lib.AdvantageConfig(
+      estimator=g.estimator, scale=g.scale, kl_in_reward=g.kl_in_reward, beta=float(g.beta),
+      kl_kind=g.kl_kind, filter_zero_std=g.filter_zero_std, mask_truncated=g.mask_truncated)
+
+
+def build_experiment(c) -> Experiment:
+  mesh = shd.make_mesh(tuple(c.mesh))
+  tok_path = c.tokenizer or c.model.path
+  tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+  graphdef, params = build_model(c, tokenizer, mesh)
+  if c.model.source == "hf" and tokenizer.vocab_size > graphdef_vocab(params):
+    raise ValueError(f"tokenizer {tok_path!r} has {tokenizer.vocab_size} tokens but the model's "
+                     f"vocabulary has {graphdef_vocab(params)}")
+  updates_per_step = c.grpo.num_iterations * c.grpo.num_minibatches
+  tx, schedule = train_lib.make_optimizer(
+      c.optim.lr, warmup_steps=c.optim.warmup_steps * updates_per_step,
+      total_steps=c.train.num_steps * updates_per_step, schedule=c.optim.schedule,
+      weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, grad_clip=c.optim.grad_clip)
+  trainer = train_lib.Trainer(
+      graphdef, params, mesh, tx=tx, schedule=schedule, loss_cfg=loss_config(c),
+      adv_cfg=advantage_config(c), group_size=c.grpo.group_size, grad_accum=c.grpo.grad_accum,
+      rescore_old=c.grpo.old_logp == "rescore")
+  task_kwargs = dict(c.task.kwargs)
+  train_examples, eval_examples = tasks_lib.get_task(c.task.name, **task_kwargs)
+  fmt = PromptFormat(system_prompt=c.prompt.system_prompt or None,
+                     template=c.prompt.template or None,
+                     use_chat_template=c.prompt.use_chat_template)
+  iterator = PromptIterator(train_examples, c.rollout.prompts_per_step, seed=c.seed)
+  return Experiment(config=c, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef, params=params,
+                    trainer=trainer, fmt=fmt, train_examples=train_examples,
+                    eval_examples=eval_examples, iterator=iterator)
+
+
+def graphdef_vocab(params) -> int:
+  return int(jax.tree.leaves(params["embed"])[0].shape[0])

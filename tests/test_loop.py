@@ -1,0 +1,147 @@
+"""End to end: rollout -> reward -> update -> checkpoint -> resume, SIGKILL recovery, CLI and config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grpo_jax import config as config_lib
+from grpo_jax.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "experiments", "default.py")
+# A tiny, fast variant of the default experiment (CLI override syntax).
+TINY = [
+    "--config.model.tiny.hidden_size=32", "--config.model.tiny.intermediate_size=64",
+    "--config.model.tiny.num_layers=2", "--config.model.tiny.head_dim=8",
+    "--config.task.kwargs.num_train=512", "--config.task.kwargs.num_eval=16",
+    "--config.rollout.prompts_per_step=4", "--config.grpo.group_size=4", "--config.sft.steps=5",
+    "--config.sft.batch_size=16", "--config.train.num_steps=6", "--config.eval.every=3",
+    "--config.eval.num_examples=16", "--config.eval.batch_size=16", "--config.eval.k=2",
+    "--config.checkpoint.every=2", "--config.train.progress_bar=False", "--config.grpo.beta=0.04",
+    "--config.mesh=(2,2,1)",
+]
+VOLATILE = ("time/", "throughput/")
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, "-m", "grpo_jax.main", f"--config={DEFAULT}", f"--workdir={workdir}",
+          *TINY, *extra]
+
+
+def _stable(rows):
+  return {r["step"]: {k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  proc = subprocess.run(_cmd(workdir), env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_end_to_end_run_writes_everything(uninterrupted):
+  workdir, proc = uninterrupted
+  for name in ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "metrics.png"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  steps = [r["step"] for r in rows]
+  assert steps == [0, 1, 2, 3, 4, 5, 6]
+  for key in ("reward/total/mean", "reward/total/std", "reward/exact_match/mean", "kl", "entropy",
+              "clip_frac_low", "clip_frac_high", "grad_norm", "learning_rate", "frac_zero_std_groups",
+              "completion_len/mean", "completion_len/truncated_frac", "time/rollout_s",
+              "time/train_s", "throughput/completion_tokens_per_s"):
+    assert key in rows[1], key
+  assert "eval/accuracy" in rows[3] and "eval/pass@2" in rows[3] and "eval/maj@2" in rows[3]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert 0.0 <= summary["eval_after"]["eval/accuracy"] <= 1.0
+  assert "held-out greedy accuracy" in proc.stdout
+  steps_saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps_saved[-1] == 6
+
+
+def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+  full_dir, _ = uninterrupted
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(_cmd(workdir), env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 300
+  # Kill as soon as the step-4 checkpoint is committed, i.e. mid-training.
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(os.path.join(ckpt_dir, "4")):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  resumed = subprocess.run(_cmd(workdir), env=_env(), capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from" in resumed.stderr
+  full = _stable(read_jsonl(os.path.join(full_dir, "metrics.jsonl")))
+  got = _stable(read_jsonl(os.path.join(workdir, "metrics.jsonl")))
+  for step in (5, 6):  # steps trained only after the resume
+    assert got[step].keys() == full[step].keys()
+    for k, v in full[step].items():
+      assert got[step][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (step, k)
+
+
+def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path):
+  import shutil
+  full_dir, _ = uninterrupted
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(full_dir, workdir)
+  latest = os.path.join(workdir, "checkpoints", "6", "state")
+  for root, _, files in os.walk(latest):
+    for f in files:
+      path = os.path.join(root, f)
+      if os.path.getsize(path) > 256:
+        with open(path, "r+b") as fh:
+          fh.truncate(64)
+  proc = subprocess.run(_cmd(workdir, "--config.train.num_steps=7"), env=_env(), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint at step 6" in proc.stderr and "unusable" in proc.stderr
+  assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
+
+
+def test_bad_config_names_the_key(tmp_path):
+  proc = subprocess.run(_cmd(str(tmp_path), "--config.grpo.num_minibatches=3"), env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "config.grpo.num_minibatches" in proc.stderr
+  proc = subprocess.run(_cmd(str(tmp_path), "--config.grpo.no_such_key=1"), env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "no_such_key" in proc.stderr
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("grpo.estimator", "ppo", "grpo.estimator"),
+    ("grpo.group_size", 1, "grpo.group_size"),
+    ("rewards.weights", (1.0, 2.0), "rewards.weights"),
+    ("mesh", (3, 1, 1), "mesh"),
+    ("eval.batch_size", 6, "eval.batch_size"),
+])
+def test_validate_rejects(key, value, named):
+  c = config_lib.load_config(DEFAULT)
+  c.unlock()
+  node = c
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=named.replace(".", r"\.")):
+    config_lib.validate(c, 8)
