@@ -1,7 +1,8 @@
 """The embedded default: a tiny decoder learns 2-digit addition on a laptop CPU with GRPO.
 
-A short supervised warm start teaches the answer format with imperfect accuracy; GRPO with an
-exact-match reward then raises held-out greedy accuracy. Runs in a few minutes on 2 CPU cores:
+A short supervised warm start imitates an unreliable teacher, who writes 60% of the answers with their
+digits reversed: the model learns the format and the sums, but not which way round to write them.
+GRPO with an exact-match reward then raises held-out greedy accuracy from the reward alone. Runs in a few minutes on 2 CPU cores:
 
   python -m grpo_jax.main --config experiments/default.py --workdir /tmp/grpo_default
 """
@@ -74,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.mask_truncated = False  # DAPO overlong filtering (mask completions without EOS)
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 2e-4  # AdamW peak learning rate
+  c.optim.lr = 3e-4  # AdamW peak learning rate
   c.optim.warmup_steps = 5  # in GRPO steps
   c.optim.schedule = "constant"  # constant | cosine
   c.optim.weight_decay = 0.0
@@ -83,13 +84,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 1.0  # global-norm clipping
 
   c.sft = ml_collections.ConfigDict()
-  c.sft.steps = 300  # supervised warm-start steps before GRPO (0: none)
+  c.sft.steps = 1000  # supervised warm-start steps before GRPO (0: none)
   c.sft.batch_size = 64
   c.sft.lr = 3e-3
   c.sft.target_key = "answer"  # example column the warm start imitates
+  c.sft.noise_frac = 0.6  # fraction of demonstrations written reversed ("46" -> "64") by the teacher
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 100  # GRPO steps (rollouts)
+  c.train.num_steps = 60  # GRPO steps (rollouts)
   c.train.sample_every = 10  # log sample completions every N steps (0: never)
   c.train.num_samples_logged = 4
   c.train.progress_bar = True
@@ -103,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 25  # save every N GRPO steps (and at the end)
+  c.checkpoint.every = 20  # save every N GRPO steps (and at the end)
   c.checkpoint.keep = 2  # keep the last K checkpoints ...
   c.checkpoint.best_metric = "eval/accuracy"  # ... plus the best one by this eval metric
   c.checkpoint.async_save = True

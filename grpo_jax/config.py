@@ -72,6 +72,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.model.source == "hf":
     _check(bool(c.model.path), "model.path", "is required when model.source == 'hf'")
     _check(os.path.isdir(c.model.path), "model.path", f"{c.model.path!r} is not a directory")
+  if c.task.name in ("gsm8k", "math"):
+    for key in ("train_path", "eval_path"):
+      path = c.task.kwargs.get(key, "")
+      _check(key == "eval_path" and not path or bool(path) and os.path.isfile(path),
+             f"task.kwargs.{key}", f"{path!r} is not a file (a local JSON-lines or Parquet file)")
   _one_of(c, "grpo.estimator", ESTIMATORS)
   _one_of(c, "grpo.scale", SCALES)
   _one_of(c, "grpo.agg", AGG_MODES)
@@ -130,6 +135,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          f"{c.eval.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
   _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
   _check(c.sft.steps >= 0, "sft.steps", "must be >= 0")
+  _check(0.0 <= c.sft.noise_frac <= 1.0, "sft.noise_frac", "must be in [0, 1]")
   if c.sft.steps:
     _check(c.sft.batch_size % batch_shards == 0, "sft.batch_size",
            f"{c.sft.batch_size} is not divisible by the {batch_shards} data*fsdp shards")

@@ -77,8 +77,9 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer):
   meta = {"data": None}
   if c.sft.steps:
     t0 = time.time()
+    demos = sft.noisy_teacher(exp.train_examples, c.sft.noise_frac, c.seed, c.sft.target_key)
     params, loss = sft.warm_start(
-        exp.graphdef, jax.tree.map(lambda x: x.copy(), params), exp.train_examples, exp.tokenizer,
+        exp.graphdef, jax.tree.map(lambda x: x.copy(), params), demos, exp.tokenizer,
         exp.mesh, steps=c.sft.steps, batch_size=c.sft.batch_size, lr=c.sft.lr, seed=c.seed,
         prompt_len=c.rollout.prompt_len, target_len=c.rollout.max_new_tokens, fmt=exp.fmt,
         target_key=c.sft.target_key)

@@ -23,6 +23,19 @@ from grpo_jax.train import completion_logprobs
 log = logging.getLogger(__name__)
 
 
+def noisy_teacher(examples: Sequence[dict], frac: float, seed: int, key: str = "answer") -> list[dict]:
+  """Demonstrations from an unreliable teacher: in a `frac` fraction of examples (chosen by `seed`) the
+  target is written with its characters reversed ("46" -> "64").
+
+  The warm-started model then puts probability on both the right and the reversed answer, and only the
+  reward can tell them apart: the setting in which GRPO's group comparison pays off fastest.
+  """
+  if not 0.0 <= frac <= 1.0:
+    raise ValueError(f"sft.noise_frac must be in [0, 1], got {frac}")
+  flip = np.random.default_rng(seed).random(len(examples)) < frac
+  return [{**ex, key: str(ex[key])[::-1]} if f else ex for ex, f in zip(examples, flip)]
+
+
 def encode_targets(examples: Sequence[dict], tokenizer, length: int, key: str = "answer"):
   """Right-padded targets `example[key] + EOS`: `(tokens [B, T], mask [B, T])` int32."""
   tokens = np.full((len(examples), length), tokenizer.pad_id, np.int32)
