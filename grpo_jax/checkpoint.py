@@ -79,13 +79,28 @@ class Checkpointer:
     arrays land directly in their training layout.
     """
     self._mngr.wait_until_finished()
+    result = None
     for step in reversed(self.all_steps()):
       try:
-        return (step, *self._restore_step(step, abstract_state, abstract_ref))
+        result = (step, *self._restore_step(step, abstract_state, abstract_ref))
+        break
       except Exception as e:  # noqa: BLE001 - any failure means "try the previous checkpoint"
         log.error("checkpoint at step %d in %s is unusable (%s: %s); trying the previous one",
                   step, self.directory, type(e).__name__, str(e)[:300])
-    return None
+        self._quarantine(step)
+    return result
+
+  def _quarantine(self, step: int):
+    """Moves an unusable checkpoint to `corrupt/<step>` (kept for inspection, never deleted), so the
+    resumed run can save that step again."""
+    if jax.process_index() == 0:
+      dest = os.path.join(self.directory, "corrupt", str(step))
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      if os.path.exists(dest):
+        dest = f"{dest}.{len(os.listdir(os.path.dirname(dest)))}"
+      os.replace(os.path.join(self.directory, str(step)), dest)
+      log.error("moved the unusable checkpoint to %s", dest)
+    self._mngr.reload()
 
   def _restore_step(self, step, abstract_state, abstract_ref):
     items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}

@@ -116,6 +116,9 @@ def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "checkpoint at step 6" in proc.stderr and "unusable" in proc.stderr
   assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "corrupt", "6"))  # kept, not deleted
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == list(range(8))  # steps 5-7 logged once, after the rewind
 
 
 def test_bad_config_names_the_key(tmp_path):
