@@ -2,7 +2,7 @@
 
 A reward function is a plain callable
 
-    f(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+  f(prompts: list[str], completions: list[str], **columns) -> list[float | None]
 
 where each column (e.g. ``answer=[...]``, ``nums=[...]``) is a list aligned with ``completions``. ``None`` means
 "not applicable": the sample is left out of that function's mean and contributes 0 to the weighted total.
@@ -36,14 +36,14 @@ RewardFn = Callable[..., Sequence[float | None]]
 
 
 def math_correctness(prompts, completions, answer, *, symbolic_timeout_s: float = 1.0, **_) -> list[float | None]:
-    """1.0 if the completion's final answer (see `extract_answer`) equals the gold ``answer`` column, else 0.0;
-    None where the gold answer is empty. The gold may itself be raw (``... #### 72`` or ``\\boxed{}``)."""
-    out = []
-    for completion, gold in zip(completions, answer, strict=True):
-        gold = "" if gold is None else extract_answer(str(gold), last_number=False) or str(gold).strip()
-        out.append(float(math_equal(gold, extract_answer(completion), timeout_s=symbolic_timeout_s))
-                   if gold else None)
-    return out
+  """1.0 if the completion's final answer (see `extract_answer`) equals the gold ``answer`` column, else 0.0;
+  None where the gold answer is empty. The gold may itself be raw (``... #### 72`` or ``\\boxed{}``)."""
+  out = []
+  for completion, gold in zip(completions, answer, strict=True):
+    gold = "" if gold is None else extract_answer(str(gold), last_number=False) or str(gold).strip()
+    out.append(float(math_equal(gold, extract_answer(completion), timeout_s=symbolic_timeout_s))
+          if gold else None)
+  return out
 
 
 # The lookahead does not change the language matched by the DeepSeek-R1 format regex; it makes a hostile
@@ -52,225 +52,225 @@ DEFAULT_FORMAT_PATTERN = r"^(?=.*</answer>$)<think>.*?</think>\s*<answer>.*?</an
 
 
 def format_reward(prompts, completions, *, pattern: str = DEFAULT_FORMAT_PATTERN, **_) -> list[float]:
-    """1.0 if the completion matches ``pattern`` (``re.match``, DOTALL), else 0.0. The default requires
-    ``<think>...</think>`` followed by ``<answer>...</answer>`` and nothing else."""
-    regex = re.compile(pattern, re.DOTALL)
-    return [float(regex.match(c) is not None) for c in completions]
+  """1.0 if the completion matches ``pattern`` (``re.match``, DOTALL), else 0.0. The default requires
+  ``<think>...</think>`` followed by ``<answer>...</answer>`` and nothing else."""
+  regex = re.compile(pattern, re.DOTALL)
+  return [float(regex.match(c) is not None) for c in completions]
 
 
 def soft_overlong_penalty(max_len: int, cache_len: int) -> RewardFn:
-    """DAPO soft overlong punishment (Yu et al. 2025, Eq. 13), with lengths |y| in TOKENS:
-    0 if |y| <= max_len - cache_len; ((max_len - cache_len) - |y|) / cache_len up to max_len; -1 beyond.
+  """DAPO soft overlong punishment (Yu et al. 2025, Eq. 13), with lengths |y| in TOKENS:
+  0 if |y| <= max_len - cache_len; ((max_len - cache_len) - |y|) / cache_len up to max_len; -1 beyond.
 
-    The returned function reads the ``completion_lengths`` column (ints), or else counts the
-    ``completion_ids`` column (token id lists); it raises if neither is given (character counts would be wrong).
-    """
-    if not 0 < cache_len <= max_len:
-        raise ValueError(f"need 0 < cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
+  The returned function reads the ``completion_lengths`` column (ints), or else counts the
+  ``completion_ids`` column (token id lists); it raises if neither is given (character counts would be wrong).
+  """
+  if not 0 < cache_len <= max_len:
+    raise ValueError(f"need 0 < cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
 
-    def overlong_penalty(prompts, completions, *, completion_lengths=None, completion_ids=None, **_):
-        if completion_lengths is None:
-            if completion_ids is None:
-                raise ValueError("soft_overlong_penalty needs a completion_lengths or completion_ids column")
-            completion_lengths = [len(ids) for ids in completion_ids]
-        start = max_len - cache_len
-        return [0.0 if n <= start else (start - n) / cache_len if n <= max_len else -1.0
-                for n in (int(n) for n in completion_lengths)]
-    return overlong_penalty
+  def overlong_penalty(prompts, completions, *, completion_lengths=None, completion_ids=None, **_):
+    if completion_lengths is None:
+      if completion_ids is None:
+        raise ValueError("soft_overlong_penalty needs a completion_lengths or completion_ids column")
+      completion_lengths = [len(ids) for ids in completion_ids]
+    start = max_len - cache_len
+    return [0.0 if n <= start else (start - n) / cache_len if n <= max_len else -1.0
+        for n in (int(n) for n in completion_lengths)]
+  return overlong_penalty
 
 
 _COUNTDOWN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
 def safe_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
-    """Exact value of ``expr`` and the integer literals it uses, allowing only integers, + - * /, parentheses
-    and unary minus (parsed with `ast`, never eval'd). Raises ValueError on anything else (calls, names, **),
-    ZeroDivisionError on division by zero."""
-    if len(expr) > 200:  # deep nesting would hit the parser's recursion limit; real equations are short
-        raise ValueError("equation too long")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except (SyntaxError, RecursionError, MemoryError) as e:
-        raise ValueError(f"not an arithmetic expression: {e}") from None
-    used: list[int] = []
+  """Exact value of ``expr`` and the integer literals it uses, allowing only integers, + - * /, parentheses
+  and unary minus (parsed with `ast`, never eval'd). Raises ValueError on anything else (calls, names, **),
+  ZeroDivisionError on division by zero."""
+  if len(expr) > 200:  # deep nesting would hit the parser's recursion limit; real equations are short
+    raise ValueError("equation too long")
+  try:
+    tree = ast.parse(expr.strip(), mode="eval")
+  except (SyntaxError, RecursionError, MemoryError) as e:
+    raise ValueError(f"not an arithmetic expression: {e}") from None
+  used: list[int] = []
 
-    def ev(node) -> Fraction:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            used.append(node.value)
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _COUNTDOWN_OPS:
-            return _COUNTDOWN_OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
-        raise ValueError(f"disallowed syntax: {type(node).__name__}")
-    return ev(tree.body), used
+  def ev(node) -> Fraction:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+      used.append(node.value)
+      return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _COUNTDOWN_OPS:
+      return _COUNTDOWN_OPS[type(node.op)](ev(node.left), ev(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+      return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+    raise ValueError(f"disallowed syntax: {type(node).__name__}")
+  return ev(tree.body), used
 
 
 def countdown_reward(prompts, completions, nums, target, *, format_score: float = 0.0, **_) -> list[float]:
-    """TinyZero Countdown score: 1.0 if the last ``<answer>`` equation uses each of ``nums`` exactly once and
-    evaluates (exactly, see `safe_arithmetic`) to ``target``; ``format_score`` (TinyZero uses 0.1) if an
-    equation is present but wrong; 0.0 with no equation, disallowed syntax or division by zero."""
-    out = []
-    for completion, numbers, goal in zip(completions, nums, target, strict=True):
-        end = completion.rfind("</answer>")
-        begin = completion.rfind("<answer>", 0, end) if end >= 0 else -1
-        if begin < 0:
-            out.append(0.0)
-            continue
-        try:
-            value, used = safe_arithmetic(completion[begin + len("<answer>"):end])
-        except (ValueError, ZeroDivisionError):
-            out.append(0.0)
-            continue
-        ok = sorted(used) == sorted(int(n) for n in numbers) and value == Fraction(goal)
-        out.append(1.0 if ok else format_score)
-    return out
+  """TinyZero Countdown score: 1.0 if the last ``<answer>`` equation uses each of ``nums`` exactly once and
+  evaluates (exactly, see `safe_arithmetic`) to ``target``; ``format_score`` (TinyZero uses 0.1) if an
+  equation is present but wrong; 0.0 with no equation, disallowed syntax or division by zero."""
+  out = []
+  for completion, numbers, goal in zip(completions, nums, target, strict=True):
+    end = completion.rfind("</answer>")
+    begin = completion.rfind("<answer>", 0, end) if end >= 0 else -1
+    if begin < 0:
+      out.append(0.0)
+      continue
+    try:
+      value, used = safe_arithmetic(completion[begin + len("<answer>"):end])
+    except (ValueError, ZeroDivisionError):
+      out.append(0.0)
+      continue
+    ok = sorted(used) == sorted(int(n) for n in numbers) and value == Fraction(goal)
+    out.append(1.0 if ok else format_score)
+  return out
 
 
 def exact_match(prompts, completions, answer, **_) -> list[float]:
-    """1.0 if the stripped completion equals the stripped answer (the char-level arithmetic task)."""
-    return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
+  """1.0 if the stripped completion equals the stripped answer (the char-level arithmetic task)."""
+  return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
 
 
 _REWARDS = {"math_correctness": math_correctness, "format": format_reward, "countdown": countdown_reward,
-            "exact_match": exact_match}
+      "exact_match": exact_match}
 _FACTORIES = {"soft_overlong_penalty": soft_overlong_penalty}
 
 
 def get_reward_fn(name: str, **kwargs) -> RewardFn:
-    """The reward function a config names, configured by ``kwargs`` (its keyword-only options, e.g.
-    ``format_score`` for "countdown"; ``max_len`` and ``cache_len`` for "soft_overlong_penalty"). Unknown
-    options raise TypeError rather than being swallowed by ``**_``. The result's ``__name__`` is ``name``."""
-    if name in _FACTORIES:
-        fn = _FACTORIES[name](**kwargs)
-    elif name in _REWARDS:
-        options = {p.name for p in inspect.signature(_REWARDS[name]).parameters.values()
-                   if p.kind is p.KEYWORD_ONLY}
-        if unknown := set(kwargs) - options:
-            raise TypeError(f"reward {name!r} has no option {sorted(unknown)}; its options: {sorted(options)}")
-        fn = functools.partial(_REWARDS[name], **kwargs)
-    else:
-        raise KeyError(f"unknown reward {name!r}; known: {sorted({**_REWARDS, **_FACTORIES})}")
+  """The reward function a config names, configured by ``kwargs`` (its keyword-only options, e.g.
+  ``format_score`` for "countdown"; ``max_len`` and ``cache_len`` for "soft_overlong_penalty"). Unknown
+  options raise TypeError rather than being swallowed by ``**_``. The result's ``__name__`` is ``name``."""
+  if name in _FACTORIES:
+    fn = _FACTORIES[name](**kwargs)
+  elif name in _REWARDS:
+    options = {p.name for p in inspect.signature(_REWARDS[name]).parameters.values()
+          if p.kind is p.KEYWORD_ONLY}
+    if unknown := set(kwargs) - options:
+      raise TypeError(f"reward {name!r} has no option {sorted(unknown)}; its options: {sorted(options)}")
+    fn = functools.partial(_REWARDS[name], **kwargs)
+  else:
+    raise KeyError(f"unknown reward {name!r}; known: {sorted({**_REWARDS, **_FACTORIES})}")
 
-    @functools.wraps(fn, assigned=())
-    def named(*args, **kw):
-        return fn(*args, **kw)
-    named.__name__ = named.__qualname__ = name
-    return named
+  @functools.wraps(fn, assigned=())
+  def named(*args, **kw):
+    return fn(*args, **kw)
+  named.__name__ = named.__qualname__ = name
+  return named
 
 
 # ---------------------------------------------------------------------------------------------- the runner
 @dataclasses.dataclass
 class RewardResult:
-    """Rewards for N completions. ``total`` [N] float32 is the weighted sum (0 where ``valid`` is False);
-    ``per_fn[name]`` [N] has NaN for None/failed samples; ``failures[name]`` counts failed samples."""
+  """Rewards for N completions. ``total`` [N] float32 is the weighted sum (0 where ``valid`` is False);
+  ``per_fn[name]`` [N] has NaN for None/failed samples; ``failures[name]`` counts failed samples."""
 
-    total: np.ndarray
-    per_fn: dict[str, np.ndarray]
-    valid: np.ndarray
-    failures: dict[str, int]
+  total: np.ndarray
+  per_fn: dict[str, np.ndarray]
+  valid: np.ndarray
+  failures: dict[str, int]
 
-    def metrics(self) -> dict[str, float]:
-        """Flat metrics; a mean/std over no applicable samples is NaN."""
-        def stats(x):
-            x = x[np.isfinite(x)]
-            return (float(x.mean()), float(x.std())) if x.size else (math.nan, math.nan)
-        out = {}
-        for name, values in self.per_fn.items():
-            out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = stats(values)
-            out[f"reward/{name}/failures"] = float(self.failures[name])
-        out["reward/total/mean"], out["reward/total/std"] = stats(self.total[self.valid])
-        return out
+  def metrics(self) -> dict[str, float]:
+    """Flat metrics; a mean/std over no applicable samples is NaN."""
+    def stats(x):
+      x = x[np.isfinite(x)]
+      return (float(x.mean()), float(x.std())) if x.size else (math.nan, math.nan)
+    out = {}
+    for name, values in self.per_fn.items():
+      out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = stats(values)
+      out[f"reward/{name}/failures"] = float(self.failures[name])
+    out["reward/total/mean"], out["reward/total/std"] = stats(self.total[self.valid])
+    return out
 
 
 def _call_with_timeout(fn, timeout_s, args, kwargs):
-    """fn(*args, **kwargs) in a daemon thread; TimeoutError after timeout_s. Python cannot kill a thread, so
-    a runaway call keeps running in the background (its result is discarded)."""
-    box = {}
+  """fn(*args, **kwargs) in a daemon thread; TimeoutError after timeout_s. Python cannot kill a thread, so
+  a runaway call keeps running in the background (its result is discarded)."""
+  box = {}
 
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - reported to the caller below
-            box["error"] = e
-    thread = threading.Thread(target=target, daemon=True, name=f"reward-{getattr(fn, '__name__', 'fn')}")
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"no result after {timeout_s}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+  def target():
+    try:
+      box["value"] = fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - reported to the caller below
+      box["error"] = e
+  thread = threading.Thread(target=target, daemon=True, name=f"reward-{getattr(fn, '__name__', 'fn')}")
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise TimeoutError(f"no result after {timeout_s}s")
+  if "error" in box:
+    raise box["error"]
+  return box["value"]
 
 
 def _fn_name(fn) -> str:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__name__", type(fn).__name__)
+  while isinstance(fn, functools.partial):
+    fn = fn.func
+  return getattr(fn, "__name__", type(fn).__name__)
 
 
 class RewardRunner:
-    """Calls reward functions one after another, each in a thread with a ``timeout_s`` wall-clock limit, and
-    combines them: total = sum_k weight_k * r_k, with None counting as 0.
+  """Calls reward functions one after another, each in a thread with a ``timeout_s`` wall-clock limit, and
+  combines them: total = sum_k weight_k * r_k, with None counting as 0.
 
-    A function that raises, times out, or returns the wrong length fails all N samples; a NaN/inf or
-    non-numeric value fails that sample. A failed sample gets ``fallback`` as that function's reward in the
-    total (``on_error="fallback"``) or is marked invalid (``on_error="drop"``: ``valid`` is False and
-    ``total`` is 0 there; the trainer must mask it out). Every failure is counted in
-    ``RewardResult.failures`` and logged as one warning line.
-    """
+  A function that raises, times out, or returns the wrong length fails all N samples; a NaN/inf or
+  non-numeric value fails that sample. A failed sample gets ``fallback`` as that function's reward in the
+  total (``on_error="fallback"``) or is marked invalid (``on_error="drop"``: ``valid`` is False and
+  ``total`` is 0 there; the trainer must mask it out). Every failure is counted in
+  ``RewardResult.failures`` and logged as one warning line.
+  """
 
-    def __init__(self, fns: Sequence[RewardFn], weights: Sequence[float] | None = None, *,
-                 timeout_s: float = 5.0, on_error: str = "fallback", fallback: float = 0.0,
-                 names: Sequence[str] | None = None):
-        weights = [1.0] * len(fns) if weights is None else list(weights)
-        if len(weights) != len(fns) or not fns:
-            raise ValueError(f"need one weight per reward function, got {len(fns)} fns, {len(weights)} weights")
-        if on_error not in ("fallback", "drop"):
-            raise ValueError(f"on_error must be 'fallback' or 'drop', got {on_error!r}")
-        names = list(names) if names is not None else [_fn_name(f) for f in fns]
-        if len(set(names)) != len(names):
-            names = [f"{n}_{i}" for i, n in enumerate(names)]  # same fn twice with different configs
-        self.fns, self.weights, self.names = list(fns), weights, names
-        self.timeout_s, self.on_error, self.fallback = timeout_s, on_error, fallback
+  def __init__(self, fns: Sequence[RewardFn], weights: Sequence[float] | None = None, *,
+         timeout_s: float = 5.0, on_error: str = "fallback", fallback: float = 0.0,
+         names: Sequence[str] | None = None):
+    weights = [1.0] * len(fns) if weights is None else list(weights)
+    if len(weights) != len(fns) or not fns:
+      raise ValueError(f"need one weight per reward function, got {len(fns)} fns, {len(weights)} weights")
+    if on_error not in ("fallback", "drop"):
+      raise ValueError(f"on_error must be 'fallback' or 'drop', got {on_error!r}")
+    names = list(names) if names is not None else [_fn_name(f) for f in fns]
+    if len(set(names)) != len(names):
+      names = [f"{n}_{i}" for i, n in enumerate(names)]  # same fn twice with different configs
+    self.fns, self.weights, self.names = list(fns), weights, names
+    self.timeout_s, self.on_error, self.fallback = timeout_s, on_error, fallback
 
-    def _run_one(self, fn, name, n, prompts, completions, columns) -> np.ndarray:
-        """[N] float64 with NaN for None and +inf marking failed samples (counted by the caller)."""
-        try:
-            raw = _call_with_timeout(fn, self.timeout_s, (list(prompts), list(completions)), columns)
-            if raw is None or len(raw) != n:
-                raise ValueError(f"returned {None if raw is None else len(raw)} rewards for {n} completions")
-        except Exception as e:  # noqa: BLE001 - a reward bug must not kill the run
-            logger.warning("reward %s failed on all %d samples: %s: %s", name, n, type(e).__name__, e)
-            return np.full(n, np.inf)
-        values = np.full(n, np.nan)
-        bad = 0
-        for i, r in enumerate(raw):
-            try:
-                values[i] = np.nan if r is None else float(r)
-            except (TypeError, ValueError, OverflowError):
-                values[i] = np.inf
-            if r is not None and not np.isfinite(values[i]):
-                values[i], bad = np.inf, bad + 1
-        if bad:
-            logger.warning("reward %s returned %d/%d non-finite or non-numeric values", name, bad, n)
-        return values
+  def _run_one(self, fn, name, n, prompts, completions, columns) -> np.ndarray:
+    """[N] float64 with NaN for None and +inf marking failed samples (counted by the caller)."""
+    try:
+      raw = _call_with_timeout(fn, self.timeout_s, (list(prompts), list(completions)), columns)
+      if raw is None or len(raw) != n:
+        raise ValueError(f"returned {None if raw is None else len(raw)} rewards for {n} completions")
+    except Exception as e:  # noqa: BLE001 - a reward bug must not kill the run
+      logger.warning("reward %s failed on all %d samples: %s: %s", name, n, type(e).__name__, e)
+      return np.full(n, np.inf)
+    values = np.full(n, np.nan)
+    bad = 0
+    for i, r in enumerate(raw):
+      try:
+        values[i] = np.nan if r is None else float(r)
+      except (TypeError, ValueError, OverflowError):
+        values[i] = np.inf
+      if r is not None and not np.isfinite(values[i]):
+        values[i], bad = np.inf, bad + 1
+    if bad:
+      logger.warning("reward %s returned %d/%d non-finite or non-numeric values", name, bad, n)
+    return values
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns) -> RewardResult:
-        n = len(completions)
-        for key, col in columns.items():
-            if len(col) != n:
-                raise ValueError(f"column {key!r} has {len(col)} entries for {n} completions")
-        total = np.zeros(n, np.float64)
-        valid = np.ones(n, bool)
-        per_fn, failures = {}, {}
-        for fn, w, name in zip(self.fns, self.weights, self.names):
-            values = self._run_one(fn, name, n, prompts, completions, columns)
-            failed = np.isinf(values)
-            failures[name] = int(failed.sum())
-            total += w * np.where(failed, self.fallback, np.nan_to_num(values, nan=0.0, posinf=0.0))
-            if self.on_error == "drop":
-                valid &= ~failed
-            per_fn[name] = np.where(failed, np.nan, values)
-        total = np.where(valid, total, 0.0).astype(np.float32)
-        return RewardResult(total=total, per_fn=per_fn, valid=valid, failures=failures)
+  def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns) -> RewardResult:
+    n = len(completions)
+    for key, col in columns.items():
+      if len(col) != n:
+        raise ValueError(f"column {key!r} has {len(col)} entries for {n} completions")
+    total = np.zeros(n, np.float64)
+    valid = np.ones(n, bool)
+    per_fn, failures = {}, {}
+    for fn, w, name in zip(self.fns, self.weights, self.names):
+      values = self._run_one(fn, name, n, prompts, completions, columns)
+      failed = np.isinf(values)
+      failures[name] = int(failed.sum())
+      total += w * np.where(failed, self.fallback, np.nan_to_num(values, nan=0.0, posinf=0.0))
+      if self.on_error == "drop":
+        valid &= ~failed
+      per_fn[name] = np.where(failed, np.nan, values)
+    total = np.where(valid, total, 0.0).astype(np.float32)
+    return RewardResult(total=total, per_fn=per_fn, valid=valid, failures=failures)
