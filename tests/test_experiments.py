@@ -6,7 +6,7 @@ import os
 import pytest
 
 from grpo_jax import config as config_lib
-from grpo_jax import loop
+from grpo_jax import loop, testing
 from grpo_jax.tokenizer import make_tiny_hf_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def tiny_qwen2(tmp_path_factory):
   """A random Qwen2 checkpoint with a small local byte-level tokenizer and chat template."""
-  import torch
   import transformers
   path = str(tmp_path_factory.mktemp("tiny_qwen2"))
   make_tiny_hf_tokenizer(path)
@@ -23,8 +22,7 @@ def tiny_qwen2(tmp_path_factory):
   cfg = transformers.Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                  tie_word_embeddings=True, eos_token_id=tok.eos_token_id)
-  torch.manual_seed(0)
-  transformers.Qwen2ForCausalLM(cfg).save_pretrained(path)
+  testing.make_tiny_hf_checkpoint(cfg, path)
   return path
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from grpo_jax import hf, sharding, tokenizer
+from grpo_jax import hf, sharding, testing, tokenizer
 from grpo_jax.model import KVCache, ModelConfig, init_model, positions_from_mask
 
 TOL = 1e-4
@@ -35,28 +35,8 @@ ARCHS = {
 }
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-  """O(1) logits, and norms / biases away from HF's 1 / 0 init so layout bugs cannot hide."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=g)
-      if name.endswith("norm.weight"):
-        p.copy_(1.0 + 0.3 * noise)
-      elif name.endswith("bias"):
-        p.copy_(0.3 * noise)
-      elif "embed_tokens" in name:
-        p.copy_(0.5 * noise)
-      else:  # Linear [out, in]
-        p.copy_(noise / p.shape[1] ** 0.5)
-
-
 def _make_checkpoint(hf_config, path, seed=0, dtype=torch.float32):
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(hf_config).float()
-  _randomize(model, seed)
-  model.eval()
-  model.to(dtype).save_pretrained(path)
+  model = testing.make_tiny_hf_checkpoint(hf_config, path, seed, dtype)
   if dtype == torch.float32:
     return model
   # The reference: the stored (rounded) weights in float32, with float32 rope buffers.
@@ -98,18 +78,7 @@ def _forward(model, tokens, positions=None, mask=None, cache=None):
   return _apply(*nnx.split(model), *args, *([] if cache is None else [cache]))
 
 
-def _random_model(config, seed=2):
-  """A model with NumPy-random parameters: norms around 1 and biases around 0, not at them (and
-  no jax.random compile, which is slow on CPU)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-  rng = np.random.default_rng(seed)
-
-  def sample(x):
-    noise = rng.standard_normal(x.shape)
-    value = 1 + 0.3 * noise if x.ndim == 1 else noise / math.sqrt(x.size // x.shape[-1])
-    return jnp.asarray(value, x.dtype)
-
-  return nnx.merge(graphdef, jax.tree.map(sample, state))
+_random_model = testing.random_model
 
 
 def _tokens(shape, seed=0):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from grpo_jax import sharding
+from grpo_jax import sharding, testing
 from grpo_jax.model import (KVCache, ModelConfig, init_model, positions_from_mask, rms_norm,
                             rope_frequencies)
 
@@ -19,18 +19,7 @@ VARIANTS = {"plain": {}, "qkv_bias_untied": dict(qkv_bias=True, tie_embeddings=F
             "qk_norm_mqa": dict(qk_norm=True, num_kv_heads=1)}
 
 
-def _random_model(config, seed=0):
-  """NumPy-random parameters: norms around 1 and biases around 0, not at them (HF-style 1 / 0 init
-  would hide layout bugs), and no jax.random compile (slow on CPU)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-  rng = np.random.default_rng(seed)
-
-  def sample(x):
-    noise = rng.standard_normal(x.shape)
-    value = 1 + 0.3 * noise if x.ndim == 1 else noise / math.sqrt(x.size // x.shape[-1])
-    return jnp.asarray(value, x.dtype)
-
-  return nnx.merge(graphdef, jax.tree.map(sample, state))
+_random_model = testing.random_model
 
 
 def _tiny(**overrides):

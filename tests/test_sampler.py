@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from grpo_jax import sampler, sharding
-from grpo_jax.model import ModelConfig, init_model, positions_from_mask
+from grpo_jax import sampler, sharding, testing
+from grpo_jax.model import ModelConfig, positions_from_mask
 
 V = 32
 T = 10
@@ -40,22 +40,9 @@ def _reference_probs(logits_V, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
 
 
 def _random_model(seed: int):
-  """A one-layer tiny Decoder with numpy random weights (`init_model` compiles a threefry per
-  parameter shape: seconds of test time). Its next-token distributions have ~2.5 nats of entropy, so
-  every filter below removes some tokens and keeps several."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: init_model(ModelConfig.tiny(vocab_size=V, num_layers=1))))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, x):
-    name = jax.tree_util.keystr(path)
-    if x.ndim == 1:  # norm weights near their init of 1
-      return jnp.asarray(1.0 + 0.1 * rng.standard_normal(x.shape), x.dtype)
-    # 1/sqrt(fan_in), with fan_in = D for the (tied) embedding and N·H for `o`: logits of std ~1.
-    fan_in = x.shape[1] if "embed" in name else np.prod(x.shape[:2]) if "'o'" in name else x.shape[0]
-    return jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(fan_in), x.dtype)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
+  """A one-layer tiny Decoder whose next-token distributions have ~2.5 nats of entropy, so every filter
+  below removes some tokens and keeps several."""
+  return testing.random_model(ModelConfig.tiny(vocab_size=V, num_layers=1), seed, norm_noise=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +141,7 @@ def test_greedy_matches_transformers(tmp_path):
       vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
       num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
       max_position_embeddings=64)
-  torch.manual_seed(0)
-  hf_model = transformers.Qwen2ForCausalLM(config).float().eval()
-  with torch.no_grad():  # O(1) logits; norms and biases away from their 1 / 0 init
-    for name, p in hf_model.named_parameters():
-      noise = torch.randn(p.shape)
-      if name.endswith("norm.weight"):
-        p.copy_(1.0 + 0.3 * noise)
-      elif name.endswith("bias"):
-        p.copy_(0.3 * noise)
-      elif "embed_tokens" in name:
-        p.copy_(0.5 * noise)
-      else:
-        p.copy_(noise / p.shape[1] ** 0.5)
-  hf_model.save_pretrained(tmp_path)
+  hf_model = testing.make_tiny_hf_checkpoint(config, tmp_path)
   ours = hf.from_pretrained(tmp_path, jnp.float32)
 
   rng = np.random.default_rng(1)
