@@ -58,7 +58,7 @@ class MetricsWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, v, step)
+        self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags allow no "@"
     if self._bar is not None:
       shown = {k.split("/")[-2] if k.endswith("/mean") else k.split("/")[-1]: f"{scalars[k]:.3g}"
                for k in CONSOLE_KEYS if k in scalars}
