@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,6 +22,9 @@ flags.DEFINE_string("coordinator", None, "jax.distributed coordinator address ho
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_bool("tpu_auto", False, "Discover the multi-host Cloud TPU topology automatically.")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/grpo_jax/xla"),
+                    "JAX persistent compilation cache directory ('' disables it): a restarted or "
+                    "repeated run skips XLA compilation.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,6 +34,10 @@ def main(argv):
   from grpo_jax import sharding
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.tpu_auto)
+  if FLAGS.compilation_cache:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   from grpo_jax import loop  # imported after jax.distributed is up
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter

@@ -160,8 +160,11 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
   n = batch["tokens"].shape[0]
   if n % grad_accum:
     raise ValueError(f"batch of {n} sequences is not divisible by grad_accum={grad_accum}")
-  micro = jax.tree.map(lambda x: x.reshape(grad_accum, n // grad_accum, *x.shape[1:]), batch)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum == 1:  # no scan: a smaller program, faster to compile
+    (loss, metrics), grads = grad_fn(state.params, graphdef, batch, cfg)
+    return _apply_update(state, grads, loss, metrics, tx, schedule)
+  micro = jax.tree.map(lambda x: x.reshape(grad_accum, n // grad_accum, *x.shape[1:]), batch)
 
   def accumulate(carry, mb):
     grads_acc, loss_acc = carry
@@ -171,7 +174,10 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   (grads, loss), metrics = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)), micro)
-  metrics = jax.tree.map(jnp.mean, metrics)
+  return _apply_update(state, grads, loss, jax.tree.map(jnp.mean, metrics), tx, schedule)
+
+
+def _apply_update(state: TrainState, grads, loss, metrics, tx, schedule):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
