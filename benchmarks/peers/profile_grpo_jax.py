@@ -1,8 +1,11 @@
 """Where grpo_jax's GRPO step spends its time on the peer workload: compile (trace+lower vs XLA compile,
 per jitted function, with HLO sizes) and the steady state of each piece against its FLOP count.
 
-Usage: python benchmarks/peers/profile_grpo_jax.py DATA_DIR [--repeats 5]
-Run it under different XLA_FLAGS to compare compiler settings; prints one `RESULT {json}` line.
+Usage: python benchmarks/peers/profile_grpo_jax.py DATA_DIR [--repeats 5] [--malloc_trim] [--trace]
+Run it under different XLA_FLAGS to compare compiler settings; prints one `RESULT {json}` line. With
+--trace, one train step and one rollout are traced with `jax.profiler` (XLA:CPU kernel annotations on) and
+the thread time is summed per kernel kind (`ynn_fusion` = XNNPACK dots, `copy_*`/`transpose_*` = layout
+copies, ...), into `trace/train_step` and `trace/generate` of the result.
 """
 
 from __future__ import annotations
@@ -18,13 +21,45 @@ import common  # noqa: E402
 import roofline  # noqa: E402
 
 
+def kernel_shares(fn) -> dict:
+  """Traces one call of `fn` and returns {kernel kind: share of the worker threads' busy time}."""
+  import collections
+  import glob
+  import re
+  import shutil
+  import tempfile
+
+  import jax
+  from jax._src.lib import _profile_data  # the xplane reader bundled with jaxlib
+
+  d = tempfile.mkdtemp(prefix="grpo_jax_trace_")
+  jax.profiler.start_trace(d)
+  fn()
+  jax.profiler.stop_trace()
+  data = _profile_data.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+  kinds = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):
+        continue
+      for ev in line.events:
+        if not ev.name.startswith(("ThunkExecutor", "Slinky", "end:")):
+          kinds[re.sub(r"[.\d]+$", "", ev.name)] += ev.duration_ns
+  shutil.rmtree(d, ignore_errors=True)
+  total = sum(kinds.values()) or 1
+  return {k: round(v / total, 3) for k, v in kinds.most_common(8)}
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("data_dir")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--malloc_trim", action="store_true",
                   help="return freed heap pages to the OS after each compile (glibc malloc_trim)")
+  ap.add_argument("--trace", action="store_true", help="per-kernel-kind time shares from a jax.profiler trace")
   args = ap.parse_args()
+  if args.trace:  # before jax starts: per-kernel TraceMe annotations of the XLA:CPU runtime
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
   import jax
   import jax.numpy as jnp
@@ -140,6 +175,10 @@ def main():
       "train_step": flops["update"] / timings["train_step"][1] / 1e9,
       "forward_backward_only": flops["update"] / timings["forward_backward_only"][1] / 1e9,
   }
+  if args.trace:
+    # `state` was donated to the timed steps; `donated` holds the live params (and is donated last).
+    out["trace/generate"] = kernel_shares(lambda: jax.block_until_ready(gen(donated.params, prompt, pmask, key)))
+    out["trace/train_step"] = kernel_shares(lambda: jax.block_until_ready(step(donated, prepared)[1]))
   out["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   out["peak_rss_mib"] = common.peak_rss_mib()
   out["malloc_trim"] = args.malloc_trim
