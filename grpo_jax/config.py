@@ -93,8 +93,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check(g.ref_reset_every >= 0, "grpo.ref_reset_every", "must be >= 0 (0: never)")
   _check(g.norm_len is None or g.agg == "seq-mean-token-sum-norm", "grpo.norm_len",
          "is only used with agg='seq-mean-token-sum-norm'")
-  if g.num_iterations > 1 or g.old_logp == "rescore":
-    pass  # old log-probs are fixed per rollout either way
 
   r = c.rollout
   _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
@@ -119,10 +117,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check(len(names) == len(weights), "rewards.weights",
          f"has {len(weights)} entries for {len(names)} reward functions")
   _check(c.rewards.on_error in ("fallback", "drop"), "rewards.on_error", "must be 'fallback' or 'drop'")
-  from grpo_jax import rewards as rewards_lib  # the registry names the valid reward functions
   for name in (*names, c.rewards.correctness):
     try:
-      rewards_lib.get_reward_fn(name, **dict(c.rewards.kwargs.get(name, {})))
+      reward_fn(c, name)
     except (KeyError, ValueError, TypeError) as e:
       raise ConfigError(f"config.rewards: reward function {name!r}: {e}") from e
 
@@ -139,6 +136,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.sft.steps:
     _check(c.sft.batch_size % batch_shards == 0, "sft.batch_size",
            f"{c.sft.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
+
+
+def reward_fn(config: ml_collections.ConfigDict, name: str):
+  """The registered reward function `name` with its `config.rewards.kwargs[name]` options."""
+  from grpo_jax import rewards as rewards_lib  # local: importing configs stays light
+  return rewards_lib.get_reward_fn(name, **dict(config.rewards.kwargs.get(name, {})))
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

@@ -64,9 +64,10 @@ def build_experiment(c) -> Experiment:
   tok_path = c.tokenizer or c.model.path
   tokenizer = tokenizer_lib.load_tokenizer(tok_path)
   graphdef, params = build_model(c, tokenizer, mesh)
-  if c.model.source == "hf" and tokenizer.vocab_size > graphdef_vocab(params):
+  model_vocab = int(jax.tree.leaves(params["embed"])[0].shape[0])
+  if tokenizer.vocab_size > model_vocab:
     raise ValueError(f"tokenizer {tok_path!r} has {tokenizer.vocab_size} tokens but the model's "
-                     f"vocabulary has {graphdef_vocab(params)}")
+                     f"vocabulary has {model_vocab}")
   updates_per_step = c.grpo.num_iterations * c.grpo.num_minibatches
   tx, schedule = train_lib.make_optimizer(
       c.optim.lr, warmup_steps=c.optim.warmup_steps * updates_per_step,
@@ -86,6 +87,3 @@ def build_experiment(c) -> Experiment:
                     trainer=trainer, fmt=fmt, train_examples=train_examples,
                     eval_examples=eval_examples, iterator=iterator)
 
-
-def graphdef_vocab(params) -> int:
-  return int(jax.tree.leaves(params["embed"])[0].shape[0])

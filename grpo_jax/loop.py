@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _reward_runner(c) -> rewards_lib.RewardRunner:
-  fns = [rewards_lib.get_reward_fn(n, **dict(c.rewards.kwargs.get(n, {}))) for n in c.rewards.names]
+  fns = [config_lib.reward_fn(c, n) for n in c.rewards.names]
   return rewards_lib.RewardRunner(fns, list(c.rewards.weights), timeout_s=c.rewards.timeout_s,
                                   on_error=c.rewards.on_error, fallback=c.rewards.fallback)
 
@@ -109,8 +109,7 @@ def train(config, workdir: str) -> dict:
     exp.iterator.set_state(meta["data"])
   start = int(state.step) // (c.grpo.num_iterations * c.grpo.num_minibatches)
   runner = _reward_runner(c)
-  correct_fn = rewards_lib.get_reward_fn(c.rewards.correctness,
-                                         **dict(c.rewards.kwargs.get(c.rewards.correctness, {})))
+  correct_fn = config_lib.reward_fn(c, c.rewards.correctness)
   rollout_fn = _sampler(exp, c.rollout.temperature)
   greedy_fn = _sampler(exp, 0.0)
   eval_sample_fn = _sampler(exp, c.eval.temperature) if c.eval.k else None
