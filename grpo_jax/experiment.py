@@ -76,7 +76,8 @@ def build_experiment(c) -> Experiment:
   trainer = train_lib.Trainer(
       graphdef, params, mesh, tx=tx, schedule=schedule, loss_cfg=loss_config(c),
       adv_cfg=advantage_config(c), group_size=c.grpo.group_size, grad_accum=c.grpo.grad_accum,
-      rescore_old=c.grpo.old_logp == "rescore")
+      rescore_old=c.grpo.old_logp == "rescore", num_iterations=c.grpo.num_iterations,
+      num_minibatches=c.grpo.num_minibatches)
   task_kwargs = {k: v for k, v in dict(c.task.kwargs).items() if v != ""}  # "": not given
   train_examples, eval_examples = tasks_lib.get_task(c.task.name, **task_kwargs)
   fmt = PromptFormat(system_prompt=c.prompt.system_prompt or None,

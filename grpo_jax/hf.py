@@ -1,7 +1,10 @@
 """Hugging Face interop: config.json -> `ModelConfig`, safetensors <-> `Decoder` params, tokenizers.
 
-Loading reads safetensors with NumPy (no PyTorch) and places every tensor straight into its
-`NamedSharding` with `jax.make_array_from_callback`, so no device ever holds a full unsharded copy.
+Loading reads `config.json` with `json` and safetensors with NumPy — neither transformers' config classes
+nor PyTorch is imported — and places every tensor straight into its `NamedSharding` with
+`jax.make_array_from_callback`, so no device ever holds a full unsharded copy. The decoder's blocks are
+stacked (`grpo_jax.model`): HF's per-layer `model.layers.{i}.*` tensors are the slices `[i]` of one
+array per parameter, in both directions.
 Saving writes a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads back.
 
 Supported `model_type`s: llama (incl. Llama-3 rope scaling), mistral (without sliding window), qwen2
@@ -27,7 +30,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import transformers
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -43,7 +45,8 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
 # Checkpoint entries that are buffers, not parameters.
 _IGNORED_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
 
-# Our parameter path (below `layers.{i}` for per-layer ones) -> (HF name, layout kind).
+# Our parameter path (below `layers` for the stacked per-layer ones, whose slice i is HF's
+# `model.layers.{i}.<name>`) -> (HF name, layout kind).
 _TOP_LEVEL = {"embed": ("model.embed_tokens.weight", "copy"),
               "final_norm": ("model.norm.weight", "copy"),
               "lm_head": ("lm_head.weight", "linear")}
@@ -103,12 +106,15 @@ def _to_hf(kind: str, w: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(w)
 
 
-def _hf_name(path) -> tuple[str, str]:
-  """(HF key, layout kind) of the parameter at nnx state path `path`, e.g. ('layers', 0, 'attn', 'q')."""
+def _hf_names(path, num_layers: int) -> tuple[list[str], str, bool]:
+  """`(HF keys, layout kind, stacked)` of the parameter at nnx state path `path`: one key for a top-level
+  parameter (e.g. ('embed',)), `num_layers` keys — slice i is `model.layers.{i}.*` — for a stacked one
+  (e.g. ('layers', 'attn', 'q'))."""
   if path[0] == "layers":
-    name, kind = _PER_LAYER[tuple(path[2:])]
-    return f"model.layers.{path[1]}.{name}", kind
-  return _TOP_LEVEL[path[0]]
+    name, kind = _PER_LAYER[tuple(path[1:])]
+    return [f"model.layers.{i}.{name}" for i in range(num_layers)], kind, True
+  name, kind = _TOP_LEVEL[path[0]]
+  return [name], kind, False
 
 
 def _config_dict(hf_config) -> dict:
@@ -191,6 +197,24 @@ def _safetensors_files(path: str) -> list[str]:
   return files
 
 
+# What transformers' config classes fill in for keys a config.json may omit, where it differs from the
+# fallbacks `config_from_hf` uses (reading the JSON directly must describe the same model).
+_HF_DEFAULTS = {"qwen3": {"head_dim": 128}, "mistral": {"sliding_window": 4096}}
+
+
+def read_hf_config(path) -> dict:
+  """`config.json` of a local HF directory as a dict, with the class defaults `_HF_DEFAULTS` filled in.
+  Plain JSON: importing transformers' config classes would import PyTorch (+200 MiB) when installed."""
+  filename = os.path.join(os.fspath(path), "config.json")
+  if not os.path.isfile(filename):
+    raise FileNotFoundError(f"no config.json in {os.fspath(path)} (a Hugging Face model directory)")
+  with open(filename) as f:
+    c = json.load(f)
+  for key, value in _HF_DEFAULTS.get(c.get("model_type"), {}).items():
+    c.setdefault(key, value)
+  return c
+
+
 def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) -> model_lib.Decoder:
   """A `Decoder` from a local Hugging Face directory (config.json + *.safetensors).
 
@@ -205,7 +229,7 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) ->
   Raises ValueError naming the HF key on a missing, unexpected or wrongly shaped tensor.
   """
   path = os.fspath(path)
-  hf_config = transformers.AutoConfig.from_pretrained(path)
+  hf_config = read_hf_config(path)
   config = config_from_hf(hf_config, dtype, param_dtype)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, nnx.Rngs(0))))
   if mesh is None:
@@ -220,36 +244,60 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) ->
     for filename in _safetensors_files(path):
       f = stack.enter_context(safe_open(filename, framework="numpy"))
       files.update(dict.fromkeys(f.keys(), f))
-    expected = {}  # HF key -> (path, abstract variable, kind)
+    expected = {}  # our path -> (HF keys, abstract variable, kind, stacked)
     for p, var in nnx.to_flat_state(abstract):
-      key, kind = _hf_name(p)
-      expected[key] = (p, var, kind)
+      keys, kind, stacked = _hf_names(p, config.num_layers)
+      expected[p] = (keys, var, kind, stacked)
     _check_keys(path, config, expected, files)
 
     flat = []
-    for (key, (p, var, kind)), sharding in zip(expected.items(), shardings):
-      # A host copy of one tensor at a time; each device gets only its own slice, cast per slice.
-      w = _to_ours(kind, files[key].get_tensor(key), var.shape)
+    for (p, (keys, var, kind, stacked)), sharding in zip(expected.items(), shardings):
       target = var.get_value().dtype
-      value = jax.make_array_from_callback(
-          var.shape, sharding, lambda idx, w=w, t=target: np.asarray(w[idx]).astype(t))
-      flat.append((p, var.replace(value)))
+      shard = _shard_reader(files, keys, kind, var.shape, stacked, target)
+      flat.append((p, var.replace(jax.make_array_from_callback(var.shape, sharding, shard))))
   model = nnx.merge(graphdef, nnx.from_flat_state(flat))
-  model.hf_config_json = hf_config.to_json_string(use_diff=False)
+  model.hf_config_json = json.dumps(hf_config)
   return model
+
+
+def _shard_reader(files, keys, kind, shape, stacked: bool, dtype):
+  """The `make_array_from_callback` callback of one parameter: index -> that block, cast to `dtype`.
+
+  Host memory stays at one checkpoint tensor plus one device's block: a stacked parameter's block is
+  assembled layer by layer from the layers it spans, and replicas (equal indices) share one read."""
+  done = {}
+
+  def one(key, layer_shape, idx):
+    return np.asarray(_to_ours(kind, files[key].get_tensor(key), layer_shape)[idx]).astype(dtype)
+
+  def read(idx):
+    cache_key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in idx)
+    if cache_key not in done:
+      if stacked:
+        layers = range(shape[0])[idx[0]]
+        done[cache_key] = np.stack([one(keys[i], shape[1:], idx[1:]) for i in layers])
+      else:
+        done[cache_key] = one(keys[0], shape, idx)
+    return done[cache_key]
+
+  return read
 
 
 def _check_keys(path, config, expected: dict, files: dict) -> None:
   """Missing / unexpected / wrongly shaped checkpoint tensors -> ValueError naming the HF keys."""
-  missing = [k for k in expected if k not in files]
+  wanted = {}  # HF key -> its shape in the checkpoint
+  for keys, var, kind, stacked in expected.values():
+    for key in keys:
+      wanted[key] = _hf_shape(kind, var.shape[1:] if stacked else var.shape)
+  missing = [k for k in wanted if k not in files]
   if missing:
     raise ValueError(f"checkpoint {path} is missing {len(missing)} weight(s) that config.json "
                      f"implies: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-  for key, (_, var, kind) in expected.items():
-    want, got = _hf_shape(kind, var.shape), tuple(files[key].get_slice(key).get_shape())
+  for key, want in wanted.items():
+    got = tuple(files[key].get_slice(key).get_shape())
     if want != got:
       raise ValueError(f"weight {key} in {path}: expected shape {want} (from config.json), got {got}")
-  extra = sorted(k for k in files if k not in expected and not _IGNORED_KEYS.match(k))
+  extra = sorted(k for k in files if k not in wanted and not _IGNORED_KEYS.match(k))
   if config.tie_embeddings and "lm_head.weight" in extra:
     # Some exporters write the tied head out; it must then be the embedding itself.
     embed = "model.embed_tokens.weight"
@@ -262,8 +310,9 @@ def _check_keys(path, config, expected: dict, files: dict) -> None:
                      f"(an unsupported feature?): {', '.join(extra[:8])}")
 
 
-def hf_config_from_config(config: model_lib.ModelConfig) -> transformers.PretrainedConfig:
+def hf_config_from_config(config: model_lib.ModelConfig):
   """A transformers config for a `ModelConfig` (qwen3 if qk_norm, qwen2 if qkv_bias, else llama)."""
+  import transformers  # noqa: PLC0415 - saving may import torch; loading never does
   if config.qk_norm and config.qkv_bias:
     raise ValueError("no supported HF model_type has both q/k/v biases and q/k norms")
   model_type = "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
@@ -280,7 +329,8 @@ def hf_config_from_config(config: model_lib.ModelConfig) -> transformers.Pretrai
       tie_word_embeddings=config.tie_embeddings, architectures=[_ARCHITECTURES[model_type]])
 
 
-def _config_for_save(model, hf_config) -> transformers.PretrainedConfig:
+def _config_for_save(model, hf_config):
+  import transformers  # noqa: PLC0415
   source = hf_config if hf_config is not None else getattr(model, "hf_config_json", None)
   if source is None:
     cfg = hf_config_from_config(model.config)
@@ -288,7 +338,8 @@ def _config_for_save(model, hf_config) -> transformers.PretrainedConfig:
     d = _config_dict(source)
     cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
     derived = config_from_hf(cfg, model.config.dtype, model.config.param_dtype)
-    ours = dataclasses.replace(model.config, remat=False)
+    derived = dataclasses.replace(derived, scan_unroll=1)
+    ours = dataclasses.replace(model.config, remat="none", scan_unroll=1)
     if derived != ours:
       diff = {f.name: (getattr(derived, f.name), getattr(ours, f.name))
               for f in dataclasses.fields(ours) if getattr(derived, f.name) != getattr(ours, f.name)}
@@ -310,7 +361,7 @@ def save_pretrained(model: model_lib.Decoder, path, *, hf_config=None,
   """Writes config.json + safetensors that `transformers.AutoModelForCausalLM` loads back.
 
   Args:
-    model: a `Decoder` (its parameters may be sharded; each is gathered to host one at a time).
+    model: a `Decoder` (its parameters may be sharded; each tensor is gathered to host one at a time).
     path: output directory (created).
     hf_config: the transformers config to write (a `PretrainedConfig`, dict or JSON string);
       default the one `from_pretrained` stored on the model, else one built from `model.config`.
@@ -322,14 +373,13 @@ def save_pretrained(model: model_lib.Decoder, path, *, hf_config=None,
   """
   path = os.fspath(path)
   cfg = _config_for_save(model, hf_config)
-  params = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   shards, size = [[]], 0
-  for p, var in params:
-    nbytes = math.prod(var.shape) * var.get_value().dtype.itemsize
+  for key, kind, value in _hf_tensors(model):
+    nbytes = math.prod(value.shape) * value.dtype.itemsize
     if shards[-1] and size + nbytes > max_shard_bytes:
       shards.append([])
       size = 0
-    shards[-1].append((p, var))
+    shards[-1].append((key, kind, value))
     size += nbytes
   writer = jax.process_index() == 0
   if writer:
@@ -337,19 +387,34 @@ def save_pretrained(model: model_lib.Decoder, path, *, hf_config=None,
     cfg.save_pretrained(path)
   names = (["model.safetensors"] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-  weight_map = {}
+  weight_map, total = {}, 0
   for name, shard in zip(names, shards):
     tensors = {}
-    for p, var in shard:
-      key, kind = _hf_name(p)
-      tensors[key] = _to_hf(kind, _gather(var.get_value()))
+    for key, kind, value in shard:
+      tensors[key] = _to_hf(kind, _gather(value))
       weight_map[key] = name
+      total += tensors[key].nbytes
     if writer:
       save_file(tensors, os.path.join(path, name), metadata={"format": "pt"})
   if writer and len(shards) > 1:
-    total = sum(math.prod(v.shape) * v.get_value().dtype.itemsize for _, v in params)
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def _hf_tensors(model: model_lib.Decoder):
+  """`(HF key, layout kind, device array)` per checkpoint tensor, in HF order (embedding, layer 0 ... L-1,
+  final norm, head); a stacked parameter yields its slice `[i]` for layer i."""
+  top, per_layer = [], [[] for _ in range(model.config.num_layers)]
+  for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    keys, kind, stacked = _hf_names(p, model.config.num_layers)
+    value = var.get_value()
+    if stacked:
+      for i, key in enumerate(keys):
+        per_layer[i].append((key, kind, value[i]))
+    else:
+      top.append((keys[0], kind, value))
+  heads = [t for t in top if t[0] != "model.embed_tokens.weight"]
+  return [t for t in top if t[0] == "model.embed_tokens.weight"] + sum(per_layer, []) + heads
 
 
 def load_tokenizer(path, **kwargs) -> tokenizer_lib.HFTokenizer:

@@ -14,7 +14,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from grpo_jax import checkpoint as ckpt_lib
@@ -44,12 +43,6 @@ def _sampler(exp: Experiment, temperature: float, **overrides):
             min_p=r.min_p, eos_id=exp.tokenizer.eos_id, pad_id=exp.tokenizer.pad_id)
   kw.update(overrides)
   return sampler_lib.jit_generate(exp.graphdef, exp.mesh, exp.trainer.param_shardings, **kw)
-
-
-def _minibatches(batch: dict, num: int):
-  n = batch["tokens"].shape[0] // num
-  for i in range(num):
-    yield jax.tree.map(lambda x: x[i * n:(i + 1) * n], batch)
 
 
 def _ref_in_checkpoint(c, trainer) -> bool:
@@ -142,12 +135,8 @@ def train(config, workdir: str) -> dict:
     batch = trainer.shard_batch(ro.batch)
     batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
     t1 = time.time()
-    step_metrics = []
-    for _ in range(c.grpo.num_iterations):
-      for mb in _minibatches(batch, c.grpo.num_minibatches):
-        state, m = trainer.step(state, mb)
-        step_metrics.append(m)
-    train_metrics = jax.tree.map(lambda *xs: np.mean([float(x) for x in xs]), *step_metrics)
+    state, train_metrics = trainer.update(state, batch)  # the mu x minibatch updates, one program
+    train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
     t_train = time.time() - t1
     done = step + 1
     if c.grpo.ref_reset_every and done % c.grpo.ref_reset_every == 0 and ref_params is not None:

@@ -6,8 +6,14 @@ RMSNorm, and tied or untied embeddings. Parameter layouts keep the head axis exp
 (q kernel `[D, N, H]`) so that each parameter carries logical axis names (`axes=` metadata) that
 `grpo_jax.sharding` maps onto the mesh.
 
+The blocks are ONE stacked module: every per-layer parameter has a leading `layers` axis (`[layers, D, N,
+H]` for q), created with `nnx.vmap`, and the forward pass applies them with `jax.lax.scan` — the training
+forward, teacher-forced scoring, the prefill and each decode step alike — so the compiled programs and
+their compile time do not grow with depth. Rematerialization (`remat`) is a `jax.checkpoint` policy
+applied inside the scan body.
+
 Shapes: B batch, L tokens in this call, S cache slots, D hidden, N query heads, K key/value heads,
-H head_dim, F MLP width, V vocab.
+G = N / K query heads per KV head, H head_dim, F MLP width, V vocab.
 """
 
 from __future__ import annotations
@@ -19,6 +25,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# ModelConfig.remat -> what the backward pass may keep from the forward of each block (`jax.checkpoint`
+# policies); everything else is recomputed. "none": no rematerialization (keep everything).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each block's input
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # ... but not attention's
+}
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +56,12 @@ class ModelConfig:
   qk_norm: bool = False  # Qwen3
   dtype: str = "bfloat16"  # activations / matmul inputs
   param_dtype: str = "bfloat16"
-  remat: bool = False  # rematerialize each block in the backward pass (saves activation memory)
+  # Rematerialization policy of each block in the backward pass (a key of REMAT_POLICIES, or "none");
+  # True / False are accepted as "full" / "none".
+  remat: str = "none"
+  # Layers per iteration of the layer scan: 1 keeps one block in the compiled program; num_layers
+  # unrolls it completely (jax.lax.scan's `unroll`).
+  scan_unroll: int = 1
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -49,6 +69,12 @@ class ModelConfig:
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
     for name in ("dtype", "param_dtype"):
       jnp.dtype(getattr(self, name))  # raises a TypeError naming an unknown dtype
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f"remat={self.remat!r} is not one of {REMAT_CHOICES}")
+    if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
+      raise ValueError(f"scan_unroll={self.scan_unroll} must be in [1, num_layers={self.num_layers}]")
 
   @classmethod
   def tiny(cls, vocab_size: int = 64, **overrides) -> "ModelConfig":
@@ -62,18 +88,21 @@ class ModelConfig:
 
 @flax.struct.dataclass
 class KVCache:
-  """Static-size key/value cache. Slot s of row b holds a real token iff mask[b, s]."""
+  """Static-size key/value cache: one head-major buffer per layer, so that a decode step writes its new
+  keys in place and attention reads them without a transpose or a slice. Slot s of row b holds a real
+  token iff mask[b, s]."""
 
-  k: jax.Array  # [layers, B, S, K, H]
-  v: jax.Array  # [layers, B, S, K, H]
+  k: tuple[jax.Array, ...]  # num_layers x [B, K, S, H]
+  v: tuple[jax.Array, ...]  # num_layers x [B, K, S, H]
   mask: jax.Array  # [B, S] bool
   index: jax.Array  # int32 scalar: the next slot to write
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, size: int) -> "KVCache":
-    shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
-    return cls(k=jnp.zeros(shape, config.dtype), v=jnp.zeros(shape, config.dtype),
-               mask=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32))
+    shape = (batch, config.num_kv_heads, size, config.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))  # noqa
+    return cls(k=zeros(), v=zeros(), mask=jnp.zeros((batch, size), bool),
+               index=jnp.zeros((), jnp.int32))
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nnx.Param:
@@ -115,29 +144,53 @@ def rope_frequencies(config: ModelConfig) -> jax.Array:
   return jnp.where(is_mid, mid, scaled)
 
 
-def apply_rope(x_BxLxNxH, positions_BxL, inv_freq):
-  """Rotary embedding in the Hugging Face "rotate half" convention."""
+def rope_tables(positions_BxL, inv_freq):
+  """`(cos, sin)` `[B, L, 1, H]` float32 for `apply_rope`; computed once per forward, shared by layers."""
   angles = positions_BxL[..., None].astype(jnp.float32) * inv_freq  # [B, L, H/2]
-  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
-  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BxLxNxH, rope):
+  """Rotary embedding in the Hugging Face "rotate half" convention; `rope` from `rope_tables`."""
+  cos, sin = rope
   x = x_BxLxNxH.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   return (x * cos + rotated * sin).astype(x_BxLxNxH.dtype)
 
 
-def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxLxS):
-  """Grouped-query softmax attention; scores and softmax in float32. Returns `[B, L, N, H]`."""
+def attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxLxS):
+  """Grouped-query softmax attention over head-major keys and values; scores and softmax in float32.
+  Returns `[B, L, N, H]`.
+
+  The G query heads of a KV head are folded into the query axis (`[B, K, G·L, H]`), so both products
+  are plain batched matmuls over (B, K) — on XLA:CPU this layout needs fewer transposes, forward and
+  backward, than contracting a 5-D einsum."""
   b, l, n, h = q_BxLxNxH.shape
-  kv = k_BxSxKxH.shape[2]
-  q = q_BxLxNxH.reshape(b, l, kv, n // kv, h)
-  scores = jnp.einsum("blkgh,bskh->bkgls", q, k_BxSxKxH,
+  kv, s = k_BxKxSxH.shape[1], k_BxKxSxH.shape[2]
+  g = n // kv
+  q = q_BxLxNxH.reshape(b, l, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, h)
+  scores = jnp.einsum("bkqh,bksh->bkqs", q, k_BxKxSxH,
                       preferred_element_type=jnp.float32) / math.sqrt(h)
+  scores = scores.reshape(b, kv, g, l, s)
   # A finite fill keeps fully-masked rows (left padding) free of NaN.
   scores = jnp.where(mask_BxLxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
-  out = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH)
-  return out.reshape(b, l, n, h)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype).reshape(b, kv, g * l, s)
+  out = jnp.einsum("bkqs,bksh->bkqh", probs, v_BxKxSxH)
+  return out.reshape(b, kv, g, l, h).transpose(0, 3, 1, 2, 4).reshape(b, l, n, h)
+
+
+def dense(x_BxLxI, w, n_in: int = 1):
+  """`x @ w` over the last `n_in` axes of x and the first `n_in` of w, as ONE 2-D matmul
+  `[B·L, I] @ [I, O]` (reshapes of contiguous arrays are free). Returns `[B, L, *w.shape[n_in:]]`.
+
+  Why 2-D: the gradient of a 3-D `einsum("bld,df->blf")` contracts two axes (b, l) for dW, which
+  XLA:CPU implements by writing the `[B, L, F]` cotangent out transposed (a strided copy as large as the
+  activations); the 2-D product's gradients are plain matmuls (measured: -30% MLP forward + backward)."""
+  lead, inner, outer = x_BxLxI.shape[:-n_in], w.shape[:n_in], w.shape[n_in:]
+  y = x_BxLxI.reshape(-1, math.prod(inner)) @ w.reshape(math.prod(inner), math.prod(outer))
+  return y.reshape(*lead, *outer)
 
 
 class Attention(nnx.Module):
@@ -160,32 +213,32 @@ class Attention(nnx.Module):
       self.q_norm = _ones((c.head_dim,), ("head_dim",), pd)
       self.k_norm = _ones((c.head_dim,), ("head_dim",), pd)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, inv_freq, kv_cache=None):
-    """Returns `([B, L, D], kv)`. With `kv_cache=(k, v, layer, index)` (k, v: `[layers, B, S, K, H]`)
-    the new keys and values are written in place at `[layer, :, index:index + L]`, attention runs over
-    all S slots of that layer, and kv is the updated `(k, v)`; without a cache kv is None."""
+  def __call__(self, x_BxLxD, rope, mask_BxLxS, kv_cache=None):
+    """Returns `([B, L, D], kv)`. With `kv_cache=(k, v, index)` (this layer's `[B, K, S, H]` buffers)
+    the new keys and values are written in place at slots `[index, index + L)`, attention runs over all
+    S slots, and kv is the updated `(k, v)`; without a cache kv is None."""
     c, dt = self.config, self.config.dtype
     x = x_BxLxD.astype(dt)
-    q = jnp.einsum("bld,dnh->blnh", x, self.q[...].astype(dt))
-    k = jnp.einsum("bld,dkh->blkh", x, self.k[...].astype(dt))
-    v = jnp.einsum("bld,dkh->blkh", x, self.v[...].astype(dt))
+    q = dense(x, self.q[...].astype(dt))  # [B, L, N, H]
+    k = dense(x, self.k[...].astype(dt))  # [B, L, K, H]
+    v = dense(x, self.v[...].astype(dt))
     if c.qkv_bias:
       q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt),
                  v + self.v_bias[...].astype(dt))
     if c.qk_norm:
       q = rms_norm(q, self.q_norm[...].astype(dt), c.rms_norm_eps)
       k = rms_norm(k, self.k_norm[...].astype(dt), c.rms_norm_eps)
-    q = apply_rope(q, positions_BxL, inv_freq)
-    k = apply_rope(k, positions_BxL, inv_freq)
+    q = apply_rope(q, rope)
+    k = apply_rope(k, rope).transpose(0, 2, 1, 3)  # [B, K, L, H]: only the new tokens move
+    v = v.transpose(0, 2, 1, 3)
     kv = None
     if kv_cache is not None:
-      k_all, v_all, layer, index = kv_cache
-      start = (layer, 0, index, 0, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-      k, v, kv = k_all[layer], v_all[layer], (k_all, v_all)
+      k_cache, v_cache, index = kv_cache
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+      kv = (k, v)
     out = attention(q, k.astype(dt), v.astype(dt), mask_BxLxS)
-    return jnp.einsum("blnh,nhd->bld", out, self.o[...].astype(dt)), kv
+    return dense(out, self.o[...].astype(dt), n_in=2), kv
 
 
 class MLP(nnx.Module):
@@ -200,8 +253,8 @@ class MLP(nnx.Module):
   def __call__(self, x_BxLxD):
     dt = self.config.dtype
     x = x_BxLxD.astype(dt)
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
-    return h @ self.down[...].astype(dt)
+    h = jax.nn.silu(dense(x, self.gate[...].astype(dt))) * dense(x, self.up[...].astype(dt))
+    return dense(h, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -214,12 +267,28 @@ class Block(nnx.Module):
     self.mlp_norm = _ones((config.hidden_size,), ("embed",), pd)
     self.mlp = MLP(config, rngs)
 
-  def __call__(self, x, positions, mask, inv_freq, kv_cache=None):
+  def __call__(self, x, rope, mask, kv_cache=None):
     eps = self.config.rms_norm_eps
-    h, kv = self.attn(rms_norm(x, self.attn_norm[...], eps), positions, mask, inv_freq, kv_cache)
+    h, kv = self.attn(rms_norm(x, self.attn_norm[...], eps), rope, mask, kv_cache)
     x = x + h.astype(x.dtype)
     x = x + self.mlp(rms_norm(x, self.mlp_norm[...], eps)).astype(x.dtype)
     return x, kv
+
+
+def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """`num_layers` independently initialized blocks as one `Block` whose parameters have a leading
+  `layers` axis (also prepended to their logical `axes`)."""
+
+  @nnx.split_rngs(splits=config.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=config.num_layers)
+  def make(rngs):
+    return Block(config, rngs)
+
+  blocks = make(rngs)
+  for _, var in nnx.iter_graph(blocks):
+    if isinstance(var, nnx.Param):
+      var.set_metadata(axes=("layers", *var.get_metadata()["axes"]))
+  return blocks
 
 
 class Decoder(nnx.Module):
@@ -231,13 +300,13 @@ class Decoder(nnx.Module):
     # std 1/sqrt(D): with tied embeddings the initial logits then have unit scale.
     self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd,
                         scale=1.0 / math.sqrt(config.hidden_size))
-    self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+    self.layers = stacked_blocks(config, rngs)
     self.final_norm = _ones((config.hidden_size,), ("embed",), pd)
     if not config.tie_embeddings:
       self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pd)
 
   def __call__(self, tokens_BxL, positions_BxL=None, mask_BxL=None, cache: KVCache | None = None,
-               *, return_hidden: bool = False):
+               *, return_hidden: bool = False, layers: list[Block] | None = None):
     """Causal forward pass.
 
     Args:
@@ -248,6 +317,8 @@ class Decoder(nnx.Module):
         to every earlier valid slot.
       return_hidden: return the final normed hidden states `[B, L, D]` instead of logits (lets the
         loss compute log-probs in chunks without a full `[B, L, V]` array).
+      layers: with a cache, `self.unstacked()` computed once outside a decode loop, so that the
+        per-layer weights are not sliced out of the stacked arrays again at every step.
 
     Returns:
       logits `[B, L, V]` float32 (or hidden states) without a cache; `(logits, new_cache)` with one.
@@ -267,28 +338,54 @@ class Decoder(nnx.Module):
       q_slot = cache.index + jnp.arange(l)
       k_slot = jnp.arange(cache.mask.shape[1])
       attn_mask = (k_slot[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :]
-    inv_freq = rope_frequencies(c)
+    rope = rope_tables(positions_BxL, rope_frequencies(c))
     x = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(c.dtype)
-    kv = None if cache is None else (cache.k, cache.v)
-    for i, block in enumerate(self.layers):
-      kv_cache = None if kv is None else (*kv, i, cache.index)
-      if c.remat and cache is None:
-        x, kv = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions_BxL, attn_mask, inv_freq, None)
-      else:
-        x, kv = block(x, positions_BxL, attn_mask, inv_freq, kv_cache)
+    if cache is None:
+      x = self._scan_blocks(x, rope, attn_mask)
+    else:
+      x, k, v = self._unrolled_blocks(x, rope, attn_mask, cache, layers or self.unstacked())
     x = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
     out = x if return_hidden else self.logits(x)
     if cache is None:
       return out
-    new_cache = KVCache(k=kv[0], v=kv[1], mask=kv_mask, index=cache.index + l)
-    return out, new_cache
+    return out, KVCache(k=k, v=v, mask=kv_mask, index=cache.index + l)
+
+  def _scan_blocks(self, x_BxLxD, rope, attn_mask):
+    """The uncached forward (training, scoring): a `lax.scan` over the stacked blocks, each layer's
+    parameters its scanned input, so the program holds one block whatever the depth."""
+    c = self.config
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(x, params):
+      return nnx.merge(graphdef, params)(x, rope, attn_mask)[0], None
+
+    if c.remat != "none":
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+    return jax.lax.scan(body, x_BxLxD, stacked, unroll=c.scan_unroll)[0]
+
+  def unstacked(self) -> list[Block]:
+    """The blocks as `num_layers` separate modules, their weights sliced out of the stacked arrays."""
+    graphdef, stacked = nnx.split(self.layers)
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+            for i in range(self.config.num_layers)]
+
+  def _unrolled_blocks(self, x_BxLxD, rope, attn_mask, cache: KVCache, layers: list[Block]):
+    """The cached forward (prefill, decode steps): the layers unrolled, each writing its own cache
+    buffer in place. A scan would slice every layer's weights and cache out of the stacked arrays each
+    step — copies that cost more than the decode step's attention on a CPU (docs/benchmarks.md)."""
+    k, v = list(cache.k), list(cache.v)
+    for i, block in enumerate(layers):
+      x_BxLxD, (k[i], v[i]) = block(x_BxLxD, rope, attn_mask, (k[i], v[i], cache.index))
+    return x_BxLxD, tuple(k), tuple(v)
 
   def logits(self, hidden_BxLxD):
     """Projects final hidden states to float32 logits `[B, L, V]`."""
     dt = self.config.dtype
     w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
-    return jnp.einsum("bld,dv->blv", hidden_BxLxD.astype(dt), w.astype(dt),
-                      preferred_element_type=jnp.float32)
+    b, l, d = hidden_BxLxD.shape
+    logits = jnp.dot(hidden_BxLxD.astype(dt).reshape(b * l, d), w.astype(dt),
+                     preferred_element_type=jnp.float32)
+    return logits.reshape(b, l, -1)
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Decoder:

@@ -256,8 +256,8 @@ def _row_keys(rng, batch: int):
 def _cache_sharding(mesh, cache: KVCache) -> KVCache:
   spec = lambda axes, x: jax.sharding.NamedSharding(
       mesh, sharding_lib.logical_to_spec(axes, x.shape, mesh))
-  kv_axes = (None, "batch", None, "kv_heads", "head_dim")
-  return KVCache(k=spec(kv_axes, cache.k), v=spec(kv_axes, cache.v),
+  kv_axes = ("batch", "kv_heads", None, "head_dim")  # each layer's [B, K, S, H]
+  return KVCache(k=tuple(spec(kv_axes, k) for k in cache.k), v=tuple(spec(kv_axes, v) for v in cache.v),
                  mask=spec(("batch", None), cache.mask), index=spec(None, cache.index))
 
 
@@ -290,9 +290,10 @@ def make_generate_fn(graphdef, *, max_new_tokens: int, temperature: float = 1.0,
     cache = KVCache.init(model.config, b, p + num_new - 1)
     if mesh is not None:
       cache = jax.lax.with_sharding_constraint(cache, _cache_sharding(mesh, cache))
+    layers = model.unstacked()  # per-layer weights sliced once, outside the decode loop
     if p > 1:
       _, cache = model(prompt_tokens_BxP[:, :-1], positions_from_mask(prompt_mask_BxP)[:, :-1],
-                       prompt_mask_BxP[:, :-1], cache, return_hidden=True)
+                       prompt_mask_BxP[:, :-1], cache, return_hidden=True, layers=layers)
 
     def cond(state: _DecodeState):
       return (state.step < num_new) & ~jnp.all(state.done_B)
@@ -300,7 +301,7 @@ def make_generate_fn(graphdef, *, max_new_tokens: int, temperature: float = 1.0,
     def body(state: _DecodeState) -> _DecodeState:
       positions_Bx1 = (prompt_len_B + state.step - 1)[:, None]
       logits_Bx1xV, cache = model(state.last_B[:, None], positions_Bx1, jnp.ones((b, 1), jnp.int32),
-                                  state.cache)
+                                  state.cache, layers=layers)
       logits_BxV = logits_Bx1xV[:, 0]
       keys_B = jax.vmap(jax.random.fold_in, (0, None))(row_keys_B, state.step)
       tok_B = sampling.sample(logits_BxV, keys_B)

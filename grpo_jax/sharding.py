@@ -23,6 +23,7 @@ BATCH_AXES = ("data", "fsdp")
 # Logical parameter axis -> mesh axis (or None: replicated).
 LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": BATCH_AXES,
+    "layers": None,  # the stacked-blocks axis that the layer scan iterates over: never sharded
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",

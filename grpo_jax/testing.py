@@ -23,10 +23,11 @@ def random_model(config: ModelConfig, seed: int = 0, norm_noise: float = 0.3):
 
   def draw(path, x):
     name = jax.tree_util.keystr(path)
-    if x.ndim == 1 or "bias" in name:
+    shape = x.shape[1:] if "'layers'" in name else x.shape  # one layer of the stacked blocks
+    if "norm" in name or "bias" in name:
       return jnp.asarray(1.0 + norm_noise * rng.standard_normal(x.shape), x.dtype)
     # fan_in is D for the embedding (tied: it is the output projection too), N*H for `o`.
-    fan_in = x.shape[1] if "embed" in name else np.prod(x.shape[:2]) if "'o'" in name else x.shape[0]
+    fan_in = shape[1] if "embed" in name else np.prod(shape[:2]) if "'o'" in name else shape[0]
     return jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(fan_in), x.dtype)
 
   return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))

@@ -152,19 +152,32 @@ def loss_fn(params, graphdef, mb, cfg: LossConfig):
   return loss, metrics
 
 
+def strided_split(batch, num: int):
+  """`[N, ...]` -> `[num, N / num, ...]`, part m holding rows m, m + num, m + 2·num, … A batch sharded in
+  contiguous row blocks over the data axes stays local: every device holds N / (num · shards) rows of each
+  part, so the parts can be scanned over without moving data between devices."""
+
+  def split(x):
+    n = x.shape[0]
+    if n % num:
+      raise ValueError(f"a batch of {n} sequences is not divisible into {num} equal parts")
+    return jnp.swapaxes(x.reshape(n // num, num, *x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
                schedule: optax.Schedule, cfg: LossConfig, grad_accum: int = 1):
   """One optimizer update on `batch` (N sequences), accumulating gradients over `grad_accum`
-  equal microbatches with `lax.scan`. The loss is the mean of the microbatch losses, which equals the
-  full-batch loss for the sequence-mean aggregations (equal microbatch sizes)."""
-  n = batch["tokens"].shape[0]
-  if n % grad_accum:
-    raise ValueError(f"batch of {n} sequences is not divisible by grad_accum={grad_accum}")
+  equal microbatches (`strided_split`) with `lax.scan`. The loss is the mean of the microbatch losses,
+  which equals the full-batch loss for the sequence-mean aggregations (equal microbatch sizes).
+
+  A non-finite loss or gradient norm skips the update: params and optimizer state are returned
+  unchanged (the step counter still advances) and `metrics["update_skipped"]` is 1."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum == 1:  # no scan: a smaller program, faster to compile
     (loss, metrics), grads = grad_fn(state.params, graphdef, batch, cfg)
     return _apply_update(state, grads, loss, metrics, tx, schedule)
-  micro = jax.tree.map(lambda x: x.reshape(grad_accum, n // grad_accum, *x.shape[1:]), batch)
 
   def accumulate(carry, mb):
     grads_acc, loss_acc = carry
@@ -173,16 +186,40 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
     return (grads_acc, loss_acc + loss / grad_accum), metrics
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
-  (grads, loss), metrics = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)), micro)
+  (grads, loss), metrics = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
+                                        strided_split(batch, grad_accum))
   return _apply_update(state, grads, loss, jax.tree.map(jnp.mean, metrics), tx, schedule)
 
 
 def _apply_update(state: TrainState, grads, loss, metrics, tx, schedule):
+  grad_norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
-                 param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  metrics.update(loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
+                 param_norm=optax.tree.norm(params), learning_rate=schedule(state.step),
+                 update_skipped=1.0 - ok.astype(jnp.float32))
   return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def rollout_update(state: TrainState, batch, *, num_iterations: int = 1, num_minibatches: int = 1,
+                   **step_kwargs):
+  """Every optimizer update of one rollout in one program: `num_iterations` (μ) passes over the batch,
+  each `num_minibatches` updates on its `strided_split` parts, as `lax.scan`s. Returns the final state
+  and each metric averaged over the μ · M updates (`update_skipped` summed: updates skipped)."""
+  one = lambda s, mb: train_step(s, mb, **step_kwargs)  # noqa: E731
+  if num_iterations * num_minibatches == 1:
+    state, metrics = one(state, batch)
+    return state, metrics
+  parts = strided_split(batch, num_minibatches)
+  epoch = lambda s, _: jax.lax.scan(one, s, parts)  # noqa: E731
+  state, metrics = jax.lax.scan(epoch, state, None, length=num_iterations)  # metrics [μ, M]
+  skipped = jnp.sum(metrics.pop("update_skipped"))
+  metrics = jax.tree.map(jnp.mean, metrics)
+  metrics["update_skipped"] = skipped
+  return state, metrics
 
 
 class Trainer:
@@ -190,7 +227,7 @@ class Trainer:
 
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
-               rescore_old: bool = False):
+               rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1):
     self.graphdef, self.mesh, self.tx = graphdef, mesh, tx
     self.param_shardings = shd.param_shardings(params, mesh)
     repl = shd.replicated(mesh)
@@ -201,31 +238,43 @@ class Trainer:
         is_leaf=lambda x: isinstance(x, NamedSharding))
     self.state_shardings = TrainState(params=self.param_shardings, opt_state=self.opt_shardings,
                                       step=repl, rng=repl)
-    row = lambda x: shd.batch_sharding(mesh, x.ndim)  # noqa: E731
-    self._batch_sharding = row
     self._init = jax.jit(lambda p, rng: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32), rng),
                          out_shardings=self.state_shardings)
+    step_kwargs = dict(graphdef=graphdef, tx=tx, schedule=schedule, cfg=loss_cfg, grad_accum=grad_accum)
+    # Every batch array has the N rows first: one spec shards them all over the data axes.
+    rows = self.row_sharding = shd.batch_sharding(mesh, 1)
     self._step = jax.jit(
-        lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, schedule=schedule, cfg=loss_cfg,
-                                grad_accum=grad_accum),
-        in_shardings=(self.state_shardings, None), out_shardings=(self.state_shardings, repl),
+        lambda s, b: train_step(s, b, **step_kwargs),
+        in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, repl),
+        donate_argnums=0)
+    self._update = jax.jit(
+        lambda s, b: rollout_update(s, b, num_iterations=num_iterations,
+                                    num_minibatches=num_minibatches, **step_kwargs),
+        in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, repl),
         donate_argnums=0)
     need_ref = loss_cfg.beta != 0.0 or (adv_cfg.kl_in_reward and adv_cfg.beta != 0.0)
     self.need_ref = need_ref
     self._prepare = jax.jit(
         lambda p, r, b, rew, valid: prepare_batch(
             graphdef, p, r, b, rew, valid, group_size=group_size, cfg=adv_cfg,
-            rescore_old=rescore_old, temperature=loss_cfg.temperature))
+            rescore_old=rescore_old, temperature=loss_cfg.temperature),
+        out_shardings=(rows, repl))
 
   def init_state(self, params, rng) -> TrainState:
     return self._init(params, rng)
 
   def shard_batch(self, batch: dict) -> dict:
     """Host arrays `[N, ...]` -> device arrays sharded over the batch axes."""
-    return {k: jax.device_put(v, self._batch_sharding(v)) for k, v in batch.items()}
+    return jax.device_put(batch, self.row_sharding)
 
   def prepare(self, params, ref_params, batch, rewards_BxG, valid_N):
     return self._prepare(params, ref_params if self.need_ref else None, batch, rewards_BxG, valid_N)
 
   def step(self, state: TrainState, batch: dict):
+    """One optimizer update on the whole batch (`train_step`); `state` is donated."""
     return self._step(state, batch)
+
+  def update(self, state: TrainState, batch: dict):
+    """All μ × minibatch updates of one rollout in one jitted program (`rollout_update`); `state` is
+    donated. Returns `(state, metrics averaged over the updates)`."""
+    return self._update(state, batch)

@@ -184,13 +184,14 @@ def test_sharded_load(checkpoint):
   model = hf.from_pretrained(path, jnp.float32, mesh=mesh)
   specs = [
       (model.embed, P("tensor", "fsdp")),  # [V=128, D=64]
-      (model.layers[0].attn.q, P("fsdp", "tensor", None)),  # [D, N=4, H]
-      (model.layers[0].attn.k, P("fsdp", "tensor", None)),  # [D, K=2, H]
-      (model.layers[0].attn.o, P("tensor", None, "fsdp")),  # [N, H, D]
-      (model.layers[1].mlp.down, P("tensor", "fsdp")),  # [F=96, D]
+      # Stacked blocks: a leading, unsharded `layers` axis.
+      (model.layers.attn.q, P(None, "fsdp", "tensor", None)),  # [layers, D, N=4, H]
+      (model.layers.attn.k, P(None, "fsdp", "tensor", None)),  # [layers, D, K=2, H]
+      (model.layers.attn.o, P(None, "tensor", None, "fsdp")),  # [layers, N, H, D]
+      (model.layers.mlp.down, P(None, "tensor", "fsdp")),  # [layers, F=96, D]
   ]
   if arch == "qwen2":
-    specs.append((model.layers[0].attn.k_bias, P("tensor", None)))
+    specs.append((model.layers.attn.k_bias, P(None, "tensor", None)))
   else:
     specs.append((model.lm_head, P("fsdp", "tensor")))
   assert model.final_norm[...].sharding.spec == P("fsdp")
@@ -207,7 +208,7 @@ def test_sharded_load(checkpoint):
 def test_bf16_checkpoint(tmp_path):
   ref = _make_checkpoint(ARCHS["qwen3"], tmp_path, seed=5, dtype=torch.bfloat16)
   model = hf.from_pretrained(tmp_path, jnp.bfloat16)
-  assert model.layers[0].attn.q[...].dtype == jnp.bfloat16
+  assert model.layers.attn.q[...].dtype == jnp.bfloat16
   # Stored bf16 values arrive bit-exact (transposed into our layout).
   stored = load_file(tmp_path / "model.safetensors")["model.embed_tokens.weight"]
   np.testing.assert_array_equal(np.asarray(model.embed[...]), stored)
@@ -321,3 +322,33 @@ def test_load_tokenizer(tmp_path):
   ids = tok.encode("12+34=46")
   assert ids and tok.decode(ids) == "12+34=46"
   assert tok.eos_id is not None
+
+
+def test_config_json_is_read_as_transformers_reads_it(checkpoint):
+  """`read_hf_config` (plain JSON plus class defaults) describes the same model as `AutoConfig`."""
+  _, path, _ = checkpoint
+  assert (hf.config_from_hf(hf.read_hf_config(path), "float32")
+          == hf.config_from_hf(transformers.AutoConfig.from_pretrained(path), "float32"))
+
+
+def test_qwen3_head_dim_default_matches_transformers(tmp_path):
+  """A qwen3 config.json without head_dim: transformers' Qwen3Config default (128), not hidden / heads."""
+  cfg = dict(ARCHS["qwen3"].to_dict(), hidden_size=512, num_attention_heads=8)
+  cfg.pop("head_dim")
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  want = transformers.AutoConfig.from_pretrained(tmp_path).head_dim
+  assert hf.config_from_hf(hf.read_hf_config(tmp_path)).head_dim == want == 128
+
+
+def test_loading_never_imports_torch(llama_dir):
+  """Loading reads config.json and safetensors without transformers' config classes, which import
+  PyTorch (~200 MiB of RSS) whenever it is installed."""
+  import subprocess
+  import sys
+  code = ("import sys, jax.numpy as jnp; from grpo_jax import hf; "
+          f"m = hf.from_pretrained({str(llama_dir)!r}, jnp.float32); "
+          "assert m.config.num_layers == 2; print('torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "False"
