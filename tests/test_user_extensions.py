@@ -83,6 +83,8 @@ def test_module_and_file_rewards(tmp_path, monkeypatch, registry):
   fn = get_reward_fn("user_rewards_mod:shout", weight=0.5)
   assert fn(None, ["hi", "ho"], answer=["HI", "HA"]) == [0.5, 0.0] and fn.__name__ == "shout"
   assert get_reward_fn("user_registered")(None, ["x"]) == [7.0]  # registered on import
+  # The same file imported again by its path defines the function anew: not a name conflict.
+  assert get_reward_fn(str(tmp_path / "user_rewards_mod.py") + ":shout")(None, ["a"], answer=["A"]) == [1.0]
 
   file_body = """
       import math
