@@ -83,6 +83,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.tokenizer not in ("", "char"):
     _check(os.path.isdir(c.tokenizer), "tokenizer",
            f"{c.tokenizer!r} is not a directory (a Hugging Face tokenizer directory, or 'char')")
+  from grpo_jax.tasks import TASKS  # local: the task modules import numpy only, but configs stay light
+  _one_of(c, "task.name", TASKS)
   if c.task.name in FILE_TASKS:
     for key in ("train_path", "eval_path"):
       path = c.task.kwargs.get(key, "")

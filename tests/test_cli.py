@@ -136,6 +136,10 @@ def test_validation_names_missing_paths():
   c = config_lib.load_config(os.path.join(ROOT, "experiments", "local.py"))
   with pytest.raises(config_lib.ConfigError, match=r"^config\.task\.kwargs\.train_path: '' is not a file"):
     config_lib.validate(c, 1)
+  c.task.name = "jsonl"
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.task\.name: 'jsonl' is not one of \[.*'local'"):
+    config_lib.validate(c, 1)
+  c.task.name = "local"
   c.task.kwargs.train_path = DEFAULT  # any file: validation moves on
   c.rewards.names = ("no_such_file.py:f",)
   with pytest.raises(config_lib.ConfigError, match=r"^config\.rewards\.names: reward function "
