@@ -83,7 +83,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.tokenizer not in ("", "char"):
     _check(os.path.isdir(c.tokenizer), "tokenizer",
            f"{c.tokenizer!r} is not a directory (a Hugging Face tokenizer directory, or 'char')")
-  from grpo_jax.tasks import TASKS  # local: the task modules import numpy only, but configs stay light
+  from grpo_jax.tasks import TASKS  # local: importing a config module stays light
   _one_of(c, "task.name", TASKS)
   if c.task.name in FILE_TASKS:
     for key in ("train_path", "eval_path"):
@@ -134,7 +134,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     try:
       reward_fn(c, name)
     except (KeyError, ValueError, TypeError) as e:
-      raise ConfigError(f"config.rewards.names: reward function {name!r}: {e.args[0] if e.args else e}") from e
+      detail = e.args[0] if e.args else e  # a KeyError's str() would quote the message
+      raise ConfigError(f"config.rewards.names: reward function {name!r}: {detail}") from e
 
   o = c.optim
   _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")

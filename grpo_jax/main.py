@@ -67,7 +67,8 @@ def _unknown_override(args: list[str], path: str) -> str:
       if part not in keys:
         where = f"config.{'.'.join(done)}" if done else "the config"
         close = difflib.get_close_matches(part, keys, n=3)
-        hint = f"did you mean {', '.join('--config.' + '.'.join(done + [c]) for c in close)}? " if close else ""
+        hint = ("did you mean " + ", ".join("--config." + ".".join(done + [c]) for c in close) + "? "
+                if close else "")
         kind = "has no key" if keys else "is not a sub-config, it has no key"
         return (f"--config.{key}: {where} {kind} {part!r} in {path}; {hint}"
                 f"{_KEYS_HINT}")

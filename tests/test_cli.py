@@ -89,7 +89,8 @@ def test_print_config_of_a_derived_config_inherits_comments():
   proc = _cli(f"--config={path}", "--print_config")
   assert proc.returncode == 0, proc.stderr[-2000:]
   # Set in countdown.py with its own comment, and inherited from default.py where countdown.py has none.
-  assert re.search(r"^model\.path = '' +# required: a local Qwen2\.5 \(Instruct\) directory$", proc.stdout, re.M)
+  assert re.search(r"^model\.path = '' +# required: a local Qwen2\.5 \(Instruct\) directory$", proc.stdout,
+                   re.M)
   assert re.search(r"^grpo\.beta = 0\.001 +# KL coefficient \(DeepSeekMath", proc.stdout, re.M)
 
 
@@ -112,7 +113,8 @@ def test_config_errors_are_one_line_with_exit_2(args, needles, tmp_path):
 
 def test_missing_files_and_flags_are_one_line_with_exit_2(tmp_path):
   for args, needle in [
-      (["--config=experiments/no_such.py", f"--workdir={tmp_path}"], "--config: no file 'experiments/no_such.py'"),
+      (["--config=experiments/no_such.py", f"--workdir={tmp_path}"],
+       "--config: no file 'experiments/no_such.py'"),
       ([f"--config={DEFAULT}"], "--workdir is required"),
       ([f"--workdir={tmp_path}"], "--config is required"),
       ([f"--config={DEFAULT}", f"--workdir={tmp_path}", "--no_such_flag=1"], "no_such_flag"),

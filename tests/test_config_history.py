@@ -28,7 +28,8 @@ def test_history_of_changed_resumes(tmp_path, capsys, caplog):
 
   loop._record_config(workdir, _config(grpo__beta=0.04, train__num_steps=80), 20)
   err = capsys.readouterr().err
-  assert err.startswith("WARNING: resuming") and "at step 20" in err and "config.json -> config.20.json" in err
+  assert err.startswith("WARNING: resuming") and "at step 20" in err
+  assert "config.json -> config.20.json" in err
   assert "grpo.beta: 0.0 -> 0.04" in err and "train.num_steps: 60 -> 80" in err and err.count(" -> ") == 3
   assert "grpo.beta: 0.0 -> 0.04" in caplog.text  # logged too
   assert open(tmp_path / "config.json").read() == first  # never overwritten by a resume

@@ -273,7 +273,8 @@ def test_readme_example_runs_end_to_end(tmp_path):
   messages = [{"role": "user", "content": "what is 8+8?"}]
   assert (exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
           == source_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-  assert transformers.AutoConfig.from_pretrained(os.path.join(workdir, "hf_export")).vocab_size == len(source_tok)
+  exported_config = transformers.AutoConfig.from_pretrained(os.path.join(workdir, "hf_export"))
+  assert exported_config.vocab_size == len(source_tok)
 
   # Resumed with a changed config (at its last step, so that it only re-evaluates and exports): a warning
   # names each changed key, config.json keeps the first config and config.1.json gets the new one.
