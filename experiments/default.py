@@ -21,14 +21,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # activation dtype ("bfloat16" on TPU/GPU)
   c.model.param_dtype = "float32"  # parameter dtype of the tiny model
   c.model.tiny = ml_collections.ConfigDict(dict(  # ModelConfig.tiny overrides
-      hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
-      head_dim=32))
+      hidden_size=128,  # model width D
+      intermediate_size=384,  # MLP hidden width
+      num_layers=4,  # decoder layers
+      num_heads=4,  # query heads
+      num_kv_heads=2,  # key/value heads (grouped-query attention)
+      head_dim=32))  # width of one head
   c.tokenizer = "char"  # "char": the package's character tokenizer; else a tokenizer directory
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "arithmetic"  # see grpo_jax.tasks.get_task
   c.task.kwargs = ml_collections.ConfigDict(dict(  # passed to get_task
-      num_train=20000, num_eval=256, num_digits=2, num_operands=2, ops="+", seed=0))
+      num_train=20000,  # training questions
+      num_eval=256,  # held-out questions, never in the training set
+      num_digits=2,  # digits per operand
+      num_operands=2,  # operands per question
+      ops="+",  # operators drawn from
+      seed=0))  # which questions are drawn
 
   c.prompt = ml_collections.ConfigDict()
   c.prompt.system_prompt = ""  # prepended as a system message with chat templates
@@ -42,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rewards.correctness = "exact_match"  # the reward that defines "correct" in evaluation
   c.rewards.timeout_s = 10.0  # per reward-function call
   c.rewards.on_error = "fallback"  # a failing reward: "fallback" value or "drop" the sample
-  c.rewards.fallback = 0.0
+  c.rewards.fallback = 0.0  # the reward a failed sample gets with on_error="fallback"
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.prompts_per_step = 32  # B prompts per GRPO step
@@ -78,35 +87,35 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.lr = 3e-4  # AdamW peak learning rate
   c.optim.warmup_steps = 5  # in GRPO steps
   c.optim.schedule = "constant"  # constant | cosine
-  c.optim.weight_decay = 0.0
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0  # AdamW decoupled weight decay
+  c.optim.b1 = 0.9  # Adam first-moment decay
+  c.optim.b2 = 0.99  # Adam second-moment decay
   c.optim.grad_clip = 1.0  # global-norm clipping
 
   c.sft = ml_collections.ConfigDict()
   c.sft.steps = 1000  # supervised warm-start steps before GRPO (0: none)
-  c.sft.batch_size = 64
-  c.sft.lr = 3e-3
+  c.sft.batch_size = 64  # demonstrations per warm-start step
+  c.sft.lr = 3e-3  # warm-start Adam learning rate
   c.sft.target_key = "answer"  # example column the warm start imitates
   c.sft.noise_frac = 0.6  # fraction of demonstrations written reversed ("46" -> "64") by the teacher
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 60  # GRPO steps (rollouts)
   c.train.sample_every = 10  # log sample completions every N steps (0: never)
-  c.train.num_samples_logged = 4
-  c.train.progress_bar = True
+  c.train.num_samples_logged = 4  # completions per logged rollout (samples.jsonl)
+  c.train.progress_bar = True  # tqdm bar on the console
   c.train.export_hf = False  # write the final policy as a Hugging Face directory
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 10  # held-out evaluation every N steps (0: only at the start and end)
-  c.eval.num_examples = 256
-  c.eval.batch_size = 128
+  c.eval.num_examples = 256  # held-out prompts evaluated
+  c.eval.batch_size = 128  # prompts per sampler call
   c.eval.k = 4  # pass@k / maj@k samples per prompt (0: greedy accuracy only)
-  c.eval.temperature = 1.0
+  c.eval.temperature = 1.0  # sampling temperature for pass@k / maj@k
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 20  # save every N GRPO steps (and at the end)
   c.checkpoint.keep = 2  # keep the last K checkpoints ...
   c.checkpoint.best_metric = "eval/accuracy"  # ... plus the best one by this eval metric
-  c.checkpoint.async_save = True
+  c.checkpoint.async_save = True  # write checkpoints in the background
   return c

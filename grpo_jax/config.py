@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 
 import ml_collections
 
@@ -20,12 +21,19 @@ KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGP = ("sampler", "rescore")
 MODEL_SOURCES = ("tiny", "hf")
+FILE_TASKS = ("gsm8k", "math", "local")  # tasks read from task.kwargs.train_path / eval_path
 REQUIRED = ("seed", "mesh", "model", "tokenizer", "task", "prompt", "rewards", "rollout", "grpo",
             "optim", "train", "eval", "checkpoint", "sft")
 
 
 class ConfigError(ValueError):
   """A config value is missing, of the wrong kind, or incompatible with another."""
+
+  @property
+  def key(self) -> str | None:
+    """The bad key, `grpo.beta` of a "config.grpo.beta: ..." message; None when there is none."""
+    match = re.match(r"config\.([\w.@-]+):", str(self))
+    return match.group(1) if match else None
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -72,7 +80,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.model.source == "hf":
     _check(bool(c.model.path), "model.path", "is required when model.source == 'hf'")
     _check(os.path.isdir(c.model.path), "model.path", f"{c.model.path!r} is not a directory")
-  if c.task.name in ("gsm8k", "math"):
+  if c.tokenizer not in ("", "char"):
+    _check(os.path.isdir(c.tokenizer), "tokenizer",
+           f"{c.tokenizer!r} is not a directory (a Hugging Face tokenizer directory, or 'char')")
+  from grpo_jax.tasks import TASKS  # local: importing a config module stays light
+  _one_of(c, "task.name", TASKS)
+  if c.task.name in FILE_TASKS:
     for key in ("train_path", "eval_path"):
       path = c.task.kwargs.get(key, "")
       _check(key == "eval_path" and not path or bool(path) and os.path.isfile(path),
@@ -121,7 +134,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     try:
       reward_fn(c, name)
     except (KeyError, ValueError, TypeError) as e:
-      raise ConfigError(f"config.rewards: reward function {name!r}: {e}") from e
+      detail = e.args[0] if e.args else e  # a KeyError's str() would quote the message
+      raise ConfigError(f"config.rewards.names: reward function {name!r}: {detail}") from e
 
   o = c.optim
   _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
@@ -139,9 +153,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def reward_fn(config: ml_collections.ConfigDict, name: str):
-  """The registered reward function `name` with its `config.rewards.kwargs[name]` options."""
+  """The reward function `name` (registered, or "module:function" / "path/to/file.py:function") with
+  its options `config.rewards.kwargs[key]`, where key is the function's name (the part after the ":":
+  ConfigDict keys cannot hold the dots of a module or file path)."""
   from grpo_jax import rewards as rewards_lib  # local: importing configs stays light
-  return rewards_lib.get_reward_fn(name, **dict(config.rewards.kwargs.get(name, {})))
+  key = name.rpartition(":")[2]
+  return rewards_lib.get_reward_fn(name, **dict(config.rewards.kwargs.get(key, {})))
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -84,13 +85,66 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer):
   return state, ref, meta
 
 
+def _write_config(workdir: str, name: str, config) -> None:
+  with open(os.path.join(workdir, name), "w") as f:
+    f.write(config_lib.config_to_json(config))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _record_config(workdir: str, config, start: int) -> None:
+  """Keeps the history of the configs a run was trained under.
+
+  `config.json` is the config of the run's first start and is never overwritten by a resume. A resume
+  (at GRPO step `start` > 0) whose config differs from the latest recorded one (`config.json` or the
+  newest `config.<step>.json` up to `start`) warns, naming each changed key as old -> new, and writes
+  the new config to `config.<start>.json`. A fresh start (no checkpoint) records afresh.
+  """
+  if jax.process_index() != 0:
+    return
+  history = {int(n.split(".")[1]): n for n in os.listdir(workdir)
+             if n.startswith("config.") and n.endswith(".json") and n.split(".")[1].isdigit()}
+  if start == 0:
+    for name in history.values():  # the configs of checkpoints that are gone
+      os.remove(os.path.join(workdir, name))
+    _write_config(workdir, "config.json", config)
+    return
+  earlier = [step for step in history if step <= start]
+  latest = history[max(earlier)] if earlier else "config.json"
+  try:
+    with open(os.path.join(workdir, latest)) as f:
+      old = _flat(json.load(f))
+  except (OSError, ValueError):
+    old = {}
+  new = _flat(json.loads(config_lib.config_to_json(config)))
+  missing = object()
+  show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+  changed = [f"{k}: {show(old.get(k, missing))} -> {show(new.get(k, missing))}"
+             for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)]
+  if not changed:
+    return
+  name = f"config.{start}.json"
+  message = (f"resuming {workdir} at step {start} with a changed config ({latest} -> {name}): "
+             + "; ".join(changed))
+  log.warning("%s", message)
+  print(f"WARNING: {message}", file=sys.stderr, flush=True)
+  _write_config(workdir, name, config)
+
+
 def train(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns a summary dict (also in summary.json)."""
   config_lib.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.config_to_json(config))
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, "config.json")):
+    _write_config(workdir, "config.json", config)  # early: a run that dies while building has one too
   c = config
   exp = build_experiment(c)
   trainer = exp.trainer
@@ -101,6 +155,7 @@ def train(config, workdir: str) -> dict:
   if meta.get("data"):
     exp.iterator.set_state(meta["data"])
   start = int(state.step) // (c.grpo.num_iterations * c.grpo.num_minibatches)
+  _record_config(workdir, c, start)
   runner = _reward_runner(c)
   correct_fn = config_lib.reward_fn(c, c.rewards.correctness)
   rollout_fn = _sampler(exp, c.rollout.temperature)
@@ -167,7 +222,10 @@ def train(config, workdir: str) -> dict:
       json.dump(summary, f, indent=2)
     metrics_lib.plot_metrics(os.path.join(workdir, "metrics.jsonl"),
                              os.path.join(workdir, "metrics.png"))
-    if c.train.export_hf:
-      from grpo_jax import hf
-      hf.save_pretrained(nnx.merge(exp.graphdef, state.params), os.path.join(workdir, "hf_export"))
+  if c.train.export_hf:
+    from grpo_jax import hf
+    export_dir = os.path.join(workdir, "hf_export")
+    hf.save_pretrained(nnx.merge(exp.graphdef, state.params), export_dir)  # collective: every process
+    if jax.process_index() == 0:
+      exp.tokenizer.save_pretrained(export_dir)  # the vocabulary and chat template beside the weights
   return summary

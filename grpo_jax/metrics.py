@@ -6,8 +6,11 @@ Only process 0 writes. `metrics.jsonl` holds one object per step (`{"step": s, "
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 from typing import Any
 
 import jax
@@ -103,22 +106,107 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_metrics(jsonl_path: str, png_path: str, keys=("reward/total/mean", "eval/accuracy")) -> str:
-  """Plots `keys` over steps from a metrics.jsonl into a PNG (one panel per key)."""
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One plot of `plot_metrics`: `series` are (metrics key, legend label) pairs; a key may hold `{k}`,
+  filled with every k the log has (``eval/pass@{k}`` -> pass@4). `percent` plots fractions as %."""
+
+  title: str
+  ylabel: str
+  series: tuple[tuple[str, str], ...]
+  percent: bool = False
+  ylim: tuple[float, float] | None = None
+  zero_means_off: bool = False  # all values exactly 0 means "not computed" (KL with beta = 0): leave out
+
+
+PANELS = (
+    Panel("Reward", "reward per completion", (("reward/total/mean", "mean"),
+                                               ("reward/total/std", "std over completions"))),
+    Panel("Held-out accuracy", "% of eval prompts", (
+        ("eval/accuracy", "greedy"), ("eval/pass@{k}", "pass@{k}"), ("eval/maj@{k}", "maj@{k}")),
+          percent=True, ylim=(0, 100)),
+    Panel("KL to the reference policy", "nats per token", (("kl", "KL estimate"),), zero_means_off=True),
+    Panel("Policy entropy", "nats per token", (("entropy", "entropy"),)),
+    Panel("Completion length", "tokens", (("completion_len/mean", "mean"), ("completion_len/max", "max"))),
+    Panel("Clipped tokens", "% of completion tokens", (
+        ("clip_frac", "all"), ("clip_frac_low", "low (A < 0)"), ("clip_frac_high", "high (A > 0)")),
+          percent=True),
+)
+
+
+def _expand(key: str, label: str, keys: set[str]) -> list[tuple[str, str]]:
+  if "{k}" not in key:
+    return [(key, label)] if key in keys else []
+  head, tail = key.split("{k}")
+  ks = sorted(int(m.group(1)) for k in keys
+              if (m := re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), k)))
+  return [(key.format(k=k), label.format(k=k)) for k in ks]
+
+
+def metrics_figure(rows: list[dict], panels: tuple[Panel, ...] = PANELS):
+  """A matplotlib figure of metrics rows (`read_jsonl`) over GRPO steps: one panel per `Panel` whose
+  metrics the rows hold, three to a row, integer steps on a shared x range; panels left out (not logged,
+  or 0 at every step where that means "not computed") are named in a footer."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
-  rows = read_jsonl(jsonl_path)
-  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-  for ax, key in zip(axes[0], keys):
-    pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
-    if pts:
-      ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3)
-    ax.set_title(key)
+  keys = {k for r in rows for k in r}
+  steps_logged = [r["step"] for r in rows if "step" in r] or [0]
+  first, last = min(steps_logged), max(steps_logged)
+  pad = max(1.0 if first == last else 0.5, 0.02 * (last - first))  # integer ticks even for one step
+
+  def points(key):
+    return sorted({r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))
+                   and math.isfinite(r[key])}.items())
+
+  drawn, left_out = [], []
+  for panel in panels:
+    series = [(label, pts) for key, label in panel.series for k, label in _expand(key, label, keys)
+              if (pts := points(k))]
+    if not series:
+      left_out.append(f"{panel.title} (not logged)")
+    elif panel.zero_means_off and all(v == 0 for _, pts in series for _, v in pts):
+      left_out.append(f"{panel.title} (0 at every step: not computed)")
+    else:
+      drawn.append((panel, series))
+  cols = max(1, min(3, len(drawn)))
+  nrows = max(1, math.ceil(len(drawn) / cols))
+  fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
+  for ax in axes.flat[len(drawn):]:
+    ax.set_visible(False)
+  if not drawn:
+    axes[0][0].set_visible(True)
+    axes[0][0].axis("off")
+    axes[0][0].text(0.5, 0.5, "no plottable metrics", ha="center", va="center")
+  for ax, (panel, series) in zip(axes.flat, drawn):
+    scale = 100.0 if panel.percent else 1.0
+    for label, pts in series:
+      steps, values = zip(*pts)
+      ax.plot(steps, [scale * v for v in values], marker="o" if len(pts) < 30 else None, markersize=3,
+              label=label)
+    if panel.ylim:
+      ax.set_ylim(*panel.ylim)
+    ax.set_title(panel.title)
     ax.set_xlabel("GRPO step")
+    ax.set_ylabel(panel.ylabel)
+    ax.set_xlim(first - pad, last + pad)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    if len(series) > 1:
+      ax.legend(fontsize=8)
   fig.tight_layout()
+  if left_out and drawn:
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.06 / nrows)
+    fig.text(0.01, 0.01, "left out: " + "; ".join(left_out), fontsize=8, color="0.4")
+  return fig
+
+
+def plot_metrics(jsonl_path: str, png_path: str, panels: tuple[Panel, ...] = PANELS) -> str:
+  """`metrics_figure` of a metrics.jsonl, written to a PNG; returns its path."""
+  import matplotlib.pyplot as plt
+  fig = metrics_figure(read_jsonl(jsonl_path), panels)
   fig.savefig(png_path, dpi=110)
   plt.close(fig)
   return png_path

@@ -9,7 +9,8 @@ where each column (e.g. ``answer=[...]``, ``nums=[...]``) is a list aligned with
 Functions should accept ``**kwargs`` so that unrelated dataset columns can be passed to all of them.
 
 Built in (see `get_reward_fn` for the names configs use): `math_correctness`, `format_reward`,
-`soft_overlong_penalty` (a factory), `countdown_reward`, `exact_match`. Answer extraction and
+`soft_overlong_penalty` (a factory), `countdown_reward`, `exact_match`. Your own: `register_reward(name, fn)`
+(or as a decorator), or name it in the config as ``"module:function"`` / ``"path/to/file.py:function"``. Answer extraction and
 the hang-proof math comparison live in `grpo_jax.math_grading`.
 """
 from __future__ import annotations
@@ -17,12 +18,18 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import inspect
 import logging
 import math
 import operator
+import os
 import re
+import sys
 import threading
+import types
+import zlib
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -135,27 +142,128 @@ def exact_match(prompts, completions, answer, **_) -> list[float]:
 _REWARDS = {"math_correctness": math_correctness, "format": format_reward, "countdown": countdown_reward,
       "exact_match": exact_match}
 _FACTORIES = {"soft_overlong_penalty": soft_overlong_penalty}
+_FILE_MODULES: dict[str, types.ModuleType] = {}  # reward files imported by path, by absolute path
+
+
+def _same_definition(a, b) -> bool:
+  """True for one function defined twice (its module imported once by name and once by path)."""
+  code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+  return a is b or (code_a is not None and code_b is not None and a.__qualname__ == b.__qualname__
+                    and code_a.co_filename == code_b.co_filename)
+
+
+def register_reward(name, fn: Callable | None = None, *, factory: bool = False, overwrite: bool = False):
+  """Makes ``fn`` available to configs as ``rewards.names = (name, ...)``; returns ``fn``.
+
+  Three spellings: ``register_reward("name", fn)``, the decorator ``@register_reward("name")``, and the
+  bare decorator ``@register_reward`` (the function's own ``__name__``). ``fn`` is a reward function
+  ``f(prompts, completions, **columns) -> list[float | None]`` whose options are keyword-only
+  parameters; with ``factory=True`` it is instead called with the options and returns one (as
+  ``soft_overlong_penalty``). A name taken by another function is an error unless ``overwrite``.
+  """
+  if callable(name) and fn is None:  # bare @register_reward
+    return register_reward(name.__name__, name, factory=factory, overwrite=overwrite)
+  if not isinstance(name, str) or not name or ":" in name or "." in name:
+    raise ValueError(f"reward name {name!r} must be a non-empty string without ':' or '.' (those mark "
+                     "'module:function' names)")
+
+  def add(f):
+    if not callable(f):
+      raise TypeError(f"register_reward({name!r}, ...) needs a callable, got {type(f).__name__}")
+    old = _REWARDS.get(name, _FACTORIES.get(name))
+    if old is not None and not overwrite and not _same_definition(old, f):
+      raise ValueError(f"reward {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
+                       "choose another name or pass overwrite=True")
+    _REWARDS.pop(name, None)
+    _FACTORIES.pop(name, None)
+    (_FACTORIES if factory else _REWARDS)[name] = f
+    return f
+  return add if fn is None else add(fn)
+
+
+def _import_file(path: str) -> types.ModuleType:
+  if path not in _FILE_MODULES:
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_name = f"_grpo_jax_rewards_{stem}_{zlib.crc32(path.encode()):08x}"  # shadows no module
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[module_name]
+      raise
+    _FILE_MODULES[path] = module
+  return _FILE_MODULES[path]
+
+
+def _import_reward(spec: str) -> Callable:
+  """The function named by ``"package.module:function"`` or ``"path/to/file.py:function"``."""
+  target, _, attr = spec.rpartition(":")
+  if not target or not attr:
+    raise ValueError(f"{spec!r}: expected 'module:function' or 'path/to/file.py:function'")
+  path = None
+  if target.endswith(".py") or "/" in target or os.sep in target:
+    path = os.path.abspath(os.path.expanduser(target))
+    if not os.path.isfile(path):
+      raise ValueError(f"no file {path} (a relative path starts at the working directory)")
+  try:
+    module = _import_file(path) if path else importlib.import_module(target)
+  except ModuleNotFoundError as e:
+    if e.name is None or not (target == e.name or target.startswith(e.name + ".")):
+      raise ValueError(f"importing {target!r} failed: {type(e).__name__}: {e}") from e  # its own import
+    raise ValueError(f"cannot import {target!r} ({e}); put its directory on PYTHONPATH "
+                     f"or name the file: 'path/to/{target.replace('.', '/')}.py:{attr}'") from e
+  except Exception as e:  # noqa: BLE001 - a user module failing to import: say which and why, in one line
+    raise ValueError(f"importing {target!r} failed: {type(e).__name__}: {e}") from e
+  fn = getattr(module, attr, None)
+  if fn is None:
+    defined = sorted(k for k, v in vars(module).items()
+                     if inspect.isfunction(v) and v.__module__ == module.__name__ and not k.startswith("_"))
+    raise ValueError(f"{target!r} has no {attr!r}; it defines {defined}")
+  if not callable(fn):
+    raise TypeError(f"{target}:{attr} is a {type(fn).__name__}, not a function")
+  return fn
+
+
+def reward_names() -> list[str]:
+  """The registered names (built-in and `register_reward`ed)."""
+  return sorted({**_REWARDS, **_FACTORIES})
 
 
 def get_reward_fn(name: str, **kwargs) -> RewardFn:
   """The reward function a config names, configured by ``kwargs`` (its keyword-only options, e.g.
-  ``format_score`` for "countdown"; ``max_len`` and ``cache_len`` for "soft_overlong_penalty"). Unknown
-  options raise TypeError rather than being swallowed by ``**_``. The result's ``__name__`` is ``name``."""
+  ``format_score`` for "countdown"; ``max_len`` and ``cache_len`` for "soft_overlong_penalty").
+
+  ``name`` is a registered name (built in, or added with `register_reward`), or a function to import:
+  ``"package.module:function"`` (importable from ``sys.path``) or ``"path/to/file.py:function"``
+  (imported from that file once per process). Unknown options raise TypeError rather than being
+  swallowed by ``**_``. The result's ``__name__`` is the registered name or the function's name.
+  """
   if name in _FACTORIES:
     fn = _FACTORIES[name](**kwargs)
-  elif name in _REWARDS:
-    options = {p.name for p in inspect.signature(_REWARDS[name]).parameters.values()
-          if p.kind is p.KEYWORD_ONLY}
-    if unknown := set(kwargs) - options:
-      raise TypeError(f"reward {name!r} has no option {sorted(unknown)}; its options: {sorted(options)}")
-    fn = functools.partial(_REWARDS[name], **kwargs)
   else:
-    raise KeyError(f"unknown reward {name!r}; known: {sorted({**_REWARDS, **_FACTORIES})}")
+    if name in _REWARDS:
+      base = _REWARDS[name]
+    elif ":" in name:
+      base = _import_reward(name)
+    else:
+      raise KeyError(f"unknown reward {name!r}; known: {reward_names()}, or a function to import as "
+                     "'module:function' or 'path/to/file.py:function'")
+    try:
+      params = inspect.signature(base).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: no options to check
+      params = []
+    options = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    if unknown := set(kwargs) - options:
+      raise TypeError(f"reward {name!r} has no option {sorted(unknown)}; its options (keyword-only "
+                      f"parameters): {sorted(options)}")
+    fn = functools.partial(base, **kwargs)
 
   @functools.wraps(fn, assigned=())
   def named(*args, **kw):
     return fn(*args, **kw)
-  named.__name__ = named.__qualname__ = name
+  named.__name__ = named.__qualname__ = name.rpartition(":")[2]
   return named
 
 

@@ -2,7 +2,8 @@
 wrapper around a local Hugging Face tokenizer.
 
 Both provide ``vocab_size``, ``pad_id``, ``eos_id``, ``bos_id``, ``encode``, ``decode``,
-``batch_encode_left_padded`` and ``apply_chat_template``, so prompt code is the same for either.
+``batch_encode_left_padded``, ``apply_chat_template`` and ``save_pretrained`` (a directory that
+``transformers.AutoTokenizer`` loads), so prompt and export code is the same for either.
 `make_tiny_hf_tokenizer` builds a small byte-level BPE tokenizer on disk for tests and benchmarks (no downloads).
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 _CHAR_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # Everything the arithmetic and Countdown prompts need; other characters map to <unk>.
 _CHAR_ALPHABET = "0123456789+-*/=() abcdefghijklmnopqrstuvwxyz.,?!:;'<>\n"
+# What `CharTokenizer.apply_chat_template` does, for the exported Hugging Face copy of it.
+CHAR_CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def _left_pad(rows: Sequence[list[int]], texts: Sequence[str], length: int,
@@ -77,6 +80,27 @@ class CharTokenizer:
     del add_generation_prompt
     return "".join(m["content"] for m in messages)
 
+  def to_hf(self):
+    """The same tokenizer as a transformers ``PreTrainedTokenizerFast``: a WordLevel vocabulary of these
+    58 symbols with the same ids, one token per character, ``<unk>`` for other characters, the special
+    tokens matched only by id (``split_special_tokens``: the text "<eos>" is five characters, as here),
+    and a chat template that concatenates the message contents, as `apply_chat_template` does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self._chars)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join without the spaces WordLevel would put between them
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                 eos_token="<eos>", unk_token="<unk>", split_special_tokens=True)
+    hf.chat_template = CHAR_CHAT_TEMPLATE
+    return hf
+
+  def save_pretrained(self, path: str | os.PathLike) -> list[str]:
+    """Writes `to_hf()` to ``path`` (tokenizer.json, tokenizer_config.json, chat_template.jinja), so that
+    ``transformers.AutoTokenizer.from_pretrained(path)`` encodes every text with the ids of `encode`."""
+    return list(self.to_hf().save_pretrained(os.fspath(path)))
+
 
 class HFTokenizer:
   """The `CharTokenizer` interface over a Hugging Face tokenizer (an instance or a local directory).
@@ -126,6 +150,10 @@ class HFTokenizer:
                  add_bos: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded (tokens [B, length], mask [B, length]) int32; ValueError if a text is too long."""
     return _left_pad([self.encode(t, add_bos) for t in texts], texts, length, self.pad_id)
+
+  def save_pretrained(self, path: str | os.PathLike) -> list[str]:
+    """The wrapped tokenizer's own ``save_pretrained``: its vocabulary, special tokens and chat template."""
+    return list(self.hf.save_pretrained(os.fspath(path)))
 
   def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
     if self.hf.chat_template is None:  # base models: transformers' own error does not say what to do

@@ -11,20 +11,23 @@ import numpy as np
 from grpo_jax.tasks.arithmetic import make_arithmetic, make_arithmetic_split
 from grpo_jax.tasks.countdown import make_countdown, make_countdown_split
 from grpo_jax.tasks.data import PromptIterator
+from grpo_jax.tasks.local import load_local_file
 from grpo_jax.tasks.math_files import LoadReport, load_gsm8k, load_math, load_math_file
 
 __all__ = ["get_task", "format_prompt", "PromptIterator", "make_arithmetic", "make_arithmetic_split",
-      "make_countdown", "make_countdown_split", "load_math_file", "load_gsm8k", "load_math", "LoadReport"]
+      "make_countdown", "make_countdown_split", "load_math_file", "load_gsm8k", "load_math", "LoadReport",
+      "load_local_file"]
 
-TASKS = ("arithmetic", "countdown", "gsm8k", "math")
+TASKS = ("arithmetic", "countdown", "gsm8k", "math", "local")
 
 
-def _file_task(kind: str, *, train_path: str, eval_path: str | None = None, num_eval: int = 0,
+def _file_task(load, *, train_path: str, eval_path: str | None = None, num_eval: int = 0,
         seed: int = 0) -> tuple[list[dict], list[dict]]:
-  """Train from ``train_path``; eval from ``eval_path``, else ``num_eval`` held-out train rows (by seed)."""
-  train, _ = load_math_file(train_path, kind)
+  """Train from ``train_path``; eval from ``eval_path``, else ``num_eval`` held-out train rows (by seed).
+  ``load(path) -> (examples, report)`` reads one file."""
+  train, _ = load(train_path)
   if eval_path is not None:
-    return train, load_math_file(eval_path, kind)[0]
+    return train, load(eval_path)[0]
   if num_eval <= 0:
     return train, []
   if num_eval >= len(train):
@@ -44,16 +47,22 @@ def get_task(name: str, **kwargs) -> tuple[list[dict], list[dict]]:
   - ``"gsm8k"`` / ``"math"``: ``train_path`` (required), ``eval_path=None``, ``num_eval=0``, ``seed=0``:
    local JSON-lines/Parquet files (see `load_math_file`); without ``eval_path``, ``num_eval`` rows of the
    train file are held out.
+  - ``"local"``: your own file, with the same ``train_path`` / ``eval_path`` / ``num_eval`` / ``seed`` and
+   ``prompt_field="prompt"``, ``answer_field="answer"``, ``columns=None`` (every other field; or a
+   comma-separated string / list of fields) for the reward functions (see `load_local_file`).
   """
   if name in ("arithmetic", "countdown"):
     num_train = kwargs.pop("num_train", 10000 if name == "arithmetic" else 4096)
     num_eval = kwargs.pop("num_eval", 256)
     split = make_arithmetic_split if name == "arithmetic" else make_countdown_split
     return split(num_train, num_eval, seed=kwargs.pop("seed", 0), **kwargs)
-  if name in ("gsm8k", "math"):
+  if name in ("gsm8k", "math", "local"):
     if "train_path" not in kwargs:
       raise ValueError(f"task {name!r} needs train_path=<local .jsonl/.parquet file>")
-    return _file_task(name, **kwargs)
+    if name == "local":
+      fields = {k: kwargs.pop(k) for k in ("prompt_field", "answer_field", "columns") if k in kwargs}
+      return _file_task(lambda path: load_local_file(path, **fields), **kwargs)
+    return _file_task(lambda path: load_math_file(path, name), **kwargs)
   raise KeyError(f"unknown task {name!r}; known: {list(TASKS)}")
 
 
