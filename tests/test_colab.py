@@ -24,10 +24,11 @@ def _read(name):
   return nbformat.read(os.path.join(ROOT, "colab", name), as_version=4)
 
 
-def _kernel_env():
+def _kernel_env(tmp_path):
   """The kernel's environment: small mode, CPU, one device (a Colab CPU runtime), this checkout's code."""
   env = dict(os.environ)
   env.update(GRPO_JAX_SMALL="1", GRPO_JAX_ROOT=ROOT, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+             IPYTHONDIR=str(tmp_path / "ipython"),  # no IPython profile written to the user's home
              XLA_FLAGS="--xla_force_host_platform_device_count=1",
              PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
   return env
@@ -46,14 +47,15 @@ def _images(nb):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes_in_small_mode(name, tmp_path):
+def test_notebook_executes_in_small_mode(name, tmp_path, monkeypatch):
   """Every cell executes without error (nbclient raises CellExecutionError with the cell's traceback)."""
+  monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter"))  # the kernel's connection file
   nb = _read(name)
   for cell in nb.cells:
     if cell.cell_type == "code":
       cell.outputs = []  # judge this run's outputs, not the stored ones
   NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute(env=_kernel_env())
+                 resources={"metadata": {"path": str(tmp_path)}}).execute(env=_kernel_env(tmp_path))
   text = _text(nb)
   assert not _outputs(nb, "error")
   if name == "01_grpo_math.ipynb":
