@@ -337,9 +337,9 @@ def _config_for_save(model, hf_config):
   else:
     d = _config_dict(source)
     cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
-    derived = config_from_hf(cfg, model.config.dtype, model.config.param_dtype)
-    derived = dataclasses.replace(derived, scan_unroll=1)
-    ours = dataclasses.replace(model.config, remat="none", scan_unroll=1)
+    derived = dataclasses.replace(config_from_hf(cfg, model.config.dtype, model.config.param_dtype),
+                                  scan_layers=True)
+    ours = dataclasses.replace(model.config, remat="none", scan_layers=True)
     if derived != ours:
       diff = {f.name: (getattr(derived, f.name), getattr(ours, f.name))
               for f in dataclasses.fields(ours) if getattr(derived, f.name) != getattr(ours, f.name)}

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grpo_jax import sharding as sharding_lib
+
 # ModelConfig.remat -> what the backward pass may keep from the forward of each block (`jax.checkpoint`
 # policies); everything else is recomputed. "none": no rematerialization (keep everything).
 REMAT_POLICIES = {
@@ -59,9 +61,10 @@ class ModelConfig:
   # Rematerialization policy of each block in the backward pass (a key of REMAT_POLICIES, or "none");
   # True / False are accepted as "full" / "none".
   remat: str = "none"
-  # Layers per iteration of the layer scan: 1 keeps one block in the compiled program; num_layers
-  # unrolls it completely (jax.lax.scan's `unroll`).
-  scan_unroll: int = 1
+  # Uncached forwards (training, scoring) apply the stacked blocks with a `lax.scan`: one block in the
+  # compiled program whatever the depth. False unrolls them in Python instead (bigger programs,
+  # longer compiles; see docs/benchmarks.md for when that runs faster).
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -73,8 +76,6 @@ class ModelConfig:
       object.__setattr__(self, "remat", "full" if self.remat else "none")
     if self.remat not in REMAT_CHOICES:
       raise ValueError(f"remat={self.remat!r} is not one of {REMAT_CHOICES}")
-    if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
-      raise ValueError(f"scan_unroll={self.scan_unroll} must be in [1, num_layers={self.num_layers}]")
 
   @classmethod
   def tiny(cls, vocab_size: int = 64, **overrides) -> "ModelConfig":
@@ -88,19 +89,25 @@ class ModelConfig:
 
 @flax.struct.dataclass
 class KVCache:
-  """Static-size key/value cache: one head-major buffer per layer, so that a decode step writes its new
-  keys in place and attention reads them without a transpose or a slice. Slot s of row b holds a real
-  token iff mask[b, s]."""
+  """Static-size, head-major key/value cache (attention reads it without a transpose). Slot s of row b
+  holds a real token iff mask[b, s].
 
-  k: tuple[jax.Array, ...]  # num_layers x [B, K, S, H]
-  v: tuple[jax.Array, ...]  # num_layers x [B, K, S, H]
+  With `scan_layers` (the default) k and v are one `[layers, B, K, S, H]` array each, carried through the
+  layer scan and updated in place at the layer's index; with `scan_layers=False` they are tuples of
+  per-layer `[B, K, S, H]` buffers, which the unrolled layers read and write without any slicing."""
+
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
   mask: jax.Array  # [B, S] bool
   index: jax.Array  # int32 scalar: the next slot to write
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, size: int) -> "KVCache":
     shape = (batch, config.num_kv_heads, size, config.head_dim)
-    zeros = lambda: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))  # noqa
+    if config.scan_layers:
+      zeros = lambda: jnp.zeros((config.num_layers, *shape), config.dtype)  # noqa: E731
+    else:
+      zeros = lambda: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))  # noqa
     return cls(k=zeros(), v=zeros(), mask=jnp.zeros((batch, size), bool),
                index=jnp.zeros((), jnp.int32))
 
@@ -214,9 +221,10 @@ class Attention(nnx.Module):
       self.k_norm = _ones((c.head_dim,), ("head_dim",), pd)
 
   def __call__(self, x_BxLxD, rope, mask_BxLxS, kv_cache=None):
-    """Returns `([B, L, D], kv)`. With `kv_cache=(k, v, index)` (this layer's `[B, K, S, H]` buffers)
-    the new keys and values are written in place at slots `[index, index + L)`, attention runs over all
-    S slots, and kv is the updated `(k, v)`; without a cache kv is None."""
+    """Returns `([B, L, D], kv)`. With `kv_cache=(k, v, index, layer)` the new keys and values are
+    written in place at slots `[index, index + L)` — of this layer's own `[B, K, S, H]` buffers when
+    `layer` is None, else of slice `layer` of stacked `[layers, B, K, S, H]` ones — attention runs over
+    all S slots, and kv is the updated `(k, v)`; without a cache kv is None."""
     c, dt = self.config, self.config.dtype
     x = x_BxLxD.astype(dt)
     q = dense(x, self.q[...].astype(dt))  # [B, L, N, H]
@@ -233,10 +241,18 @@ class Attention(nnx.Module):
     v = v.transpose(0, 2, 1, 3)
     kv = None
     if kv_cache is not None:
-      k_cache, v_cache, index = kv_cache
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
-      kv = (k, v)
+      k_cache, v_cache, index, layer = kv_cache
+      if layer is None:
+        k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+        v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+        kv = (k, v)
+      else:
+        start = (layer, 0, 0, index, 0)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), start)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), start)
+        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+        kv = (k_cache, v_cache)
     out = attention(q, k.astype(dt), v.astype(dt), mask_BxLxS)
     return dense(out, self.o[...].astype(dt), n_in=2), kv
 
@@ -294,6 +310,10 @@ def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:
 class Decoder(nnx.Module):
   """The policy / reference model: tokens `[B, L]` -> logits `[B, L, V]` (float32)."""
 
+  # A static attribute (kept in the graphdef) set by `bind_mesh`: the forward pass then constrains its
+  # activations to be sharded over the mesh's batch axes.
+  activation_mesh: jax.sharding.Mesh | None = None
+
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     pd = config.param_dtype
     self.config = config
@@ -317,8 +337,8 @@ class Decoder(nnx.Module):
         to every earlier valid slot.
       return_hidden: return the final normed hidden states `[B, L, D]` instead of logits (lets the
         loss compute log-probs in chunks without a full `[B, L, V]` array).
-      layers: with a cache, `self.unstacked()` computed once outside a decode loop, so that the
-        per-layer weights are not sliced out of the stacked arrays again at every step.
+      layers: with a cache and `scan_layers=False`, `self.unstacked()` computed once outside a decode
+        loop, so that the per-layer weights are not sliced out of the stacked arrays at every step.
 
     Returns:
       logits `[B, L, V]` float32 (or hidden states) without a cache; `(logits, new_cache)` with one.
@@ -340,28 +360,36 @@ class Decoder(nnx.Module):
       attn_mask = (k_slot[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :]
     rope = rope_tables(positions_BxL, rope_frequencies(c))
     x = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(c.dtype)
+    # Rows over the batch axes: left alone, XLA may keep the activations sharded like the FSDP-sharded
+    # embedding (over D), trading one all-gather of weights per layer for collectives on every norm.
+    x = sharding_lib.constrain_rows(x, self.activation_mesh)
     if cache is None:
-      x = self._scan_blocks(x, rope, attn_mask)
+      x = self._uncached_blocks(x, rope, attn_mask)
+    elif c.scan_layers:
+      x, k, v = self._scanned_cached_blocks(x, rope, attn_mask, cache)
     else:
-      x, k, v = self._unrolled_blocks(x, rope, attn_mask, cache, layers or self.unstacked())
+      x, k, v = self._unrolled_cached_blocks(x, rope, attn_mask, cache, layers or self.unstacked())
     x = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
     out = x if return_hidden else self.logits(x)
     if cache is None:
       return out
     return out, KVCache(k=k, v=v, mask=kv_mask, index=cache.index + l)
 
-  def _scan_blocks(self, x_BxLxD, rope, attn_mask):
+  def _uncached_blocks(self, x_BxLxD, rope, attn_mask):
     """The uncached forward (training, scoring): a `lax.scan` over the stacked blocks, each layer's
-    parameters its scanned input, so the program holds one block whatever the depth."""
+    parameters its scanned input, so the program holds one block whatever the depth (or, with
+    `scan_layers=False`, the blocks unrolled)."""
     c = self.config
-    graphdef, stacked = nnx.split(self.layers)
-
-    def body(x, params):
-      return nnx.merge(graphdef, params)(x, rope, attn_mask)[0], None
-
+    apply = lambda block, x: block(x, rope, attn_mask)[0]  # noqa: E731
     if c.remat != "none":
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
-    return jax.lax.scan(body, x_BxLxD, stacked, unroll=c.scan_unroll)[0]
+      apply = jax.checkpoint(apply, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    if not c.scan_layers:
+      for block in self.unstacked():
+        x_BxLxD = apply(block, x_BxLxD)
+      return x_BxLxD
+    graphdef, stacked = nnx.split(self.layers)
+    body = lambda x, params: (apply(nnx.merge(graphdef, params), x), None)  # noqa: E731
+    return jax.lax.scan(body, x_BxLxD, stacked)[0]
 
   def unstacked(self) -> list[Block]:
     """The blocks as `num_layers` separate modules, their weights sliced out of the stacked arrays."""
@@ -369,13 +397,26 @@ class Decoder(nnx.Module):
     return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
             for i in range(self.config.num_layers)]
 
-  def _unrolled_blocks(self, x_BxLxD, rope, attn_mask, cache: KVCache, layers: list[Block]):
-    """The cached forward (prefill, decode steps): the layers unrolled, each writing its own cache
-    buffer in place. A scan would slice every layer's weights and cache out of the stacked arrays each
-    step — copies that cost more than the decode step's attention on a CPU (docs/benchmarks.md)."""
+  def _scanned_cached_blocks(self, x_BxLxD, rope, attn_mask, cache: KVCache):
+    """The cached forward (prefill, decode steps) as a layer scan over stacked `[layers, ...]` caches."""
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(carry, inputs):
+      x, k, v = carry
+      params, layer = inputs
+      x, (k, v) = nnx.merge(graphdef, params)(x, rope, attn_mask, (k, v, cache.index, layer))
+      return (x, k, v), None
+
+    layer_ids = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+    return jax.lax.scan(body, (x_BxLxD, cache.k, cache.v), (stacked, layer_ids))[0]
+
+  def _unrolled_cached_blocks(self, x_BxLxD, rope, attn_mask, cache: KVCache, layers: list[Block]):
+    """The cached forward with the layers unrolled, each writing its own cache buffer in place: on a
+    CPU the scan's per-step slices of every layer's weights and cache cost more than the decode step's
+    attention (docs/benchmarks.md)."""
     k, v = list(cache.k), list(cache.v)
     for i, block in enumerate(layers):
-      x_BxLxD, (k[i], v[i]) = block(x_BxLxD, rope, attn_mask, (k[i], v[i], cache.index))
+      x_BxLxD, (k[i], v[i]) = block(x_BxLxD, rope, attn_mask, (k[i], v[i], cache.index, None))
     return x_BxLxD, tuple(k), tuple(v)
 
   def logits(self, hidden_BxLxD):
@@ -386,6 +427,14 @@ class Decoder(nnx.Module):
     logits = jnp.dot(hidden_BxLxD.astype(dt).reshape(b * l, d), w.astype(dt),
                      preferred_element_type=jnp.float32)
     return logits.reshape(b, l, -1)
+
+
+def bind_mesh(graphdef, state, mesh: jax.sharding.Mesh):
+  """The graphdef of the same decoder with `activation_mesh = mesh` (see `Decoder`); `state` is its
+  params (arrays, abstract arrays or shardings: only the structure is used)."""
+  model = nnx.merge(graphdef, state)
+  model.activation_mesh = mesh
+  return nnx.split(model)[0]
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Decoder:

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from grpo_jax import sharding as sharding_lib
+from grpo_jax import model as model_lib
 from grpo_jax.model import Decoder, KVCache, positions_from_mask
 
 LOGPROBS_MODES = ("full", "truncated")
@@ -256,8 +257,9 @@ def _row_keys(rng, batch: int):
 def _cache_sharding(mesh, cache: KVCache) -> KVCache:
   spec = lambda axes, x: jax.sharding.NamedSharding(
       mesh, sharding_lib.logical_to_spec(axes, x.shape, mesh))
-  kv_axes = ("batch", "kv_heads", None, "head_dim")  # each layer's [B, K, S, H]
-  return KVCache(k=tuple(spec(kv_axes, k) for k in cache.k), v=tuple(spec(kv_axes, v) for v in cache.v),
+  kv_axes = ("batch", "kv_heads", None, "head_dim")  # [B, K, S, H]
+  one = lambda x: spec(("layers", *kv_axes) if x.ndim == 5 else kv_axes, x)  # noqa: E731
+  return KVCache(k=jax.tree.map(one, cache.k), v=jax.tree.map(one, cache.v),
                  mask=spec(("batch", None), cache.mask), index=spec(None, cache.index))
 
 
@@ -290,7 +292,8 @@ def make_generate_fn(graphdef, *, max_new_tokens: int, temperature: float = 1.0,
     cache = KVCache.init(model.config, b, p + num_new - 1)
     if mesh is not None:
       cache = jax.lax.with_sharding_constraint(cache, _cache_sharding(mesh, cache))
-    layers = model.unstacked()  # per-layer weights sliced once, outside the decode loop
+    # Unrolled layers: their weights are sliced once, here, outside the decode loop.
+    layers = None if model.config.scan_layers else model.unstacked()
     if p > 1:
       _, cache = model(prompt_tokens_BxP[:, :-1], positions_from_mask(prompt_mask_BxP)[:, :-1],
                        prompt_mask_BxP[:, :-1], cache, return_hidden=True, layers=layers)
@@ -341,6 +344,7 @@ def jit_generate(graphdef, mesh: jax.sharding.Mesh, params_shardings, **static):
   split over the (`data`, `fsdp`) axes (B must be a multiple of `sharding.batch_divisor(mesh)`), and `rng`
   (one key, or `[B]` row keys) is replicated. Call it once and reuse it every step."""
   batch = sharding_lib.batch_sharding(mesh, 2)
+  graphdef = model_lib.bind_mesh(graphdef, params_shardings, mesh)  # activations stay batch-sharded
   return jax.jit(make_generate_fn(graphdef, mesh=mesh, **static),
                  in_shardings=(params_shardings, batch, batch, sharding_lib.replicated(mesh)),
                  out_shardings=output_shardings(mesh))

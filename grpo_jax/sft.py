@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from grpo_jax import losses
+from grpo_jax import model as model_lib
 from grpo_jax import rollout as rollout_lib
 from grpo_jax import sharding as shd
 from grpo_jax.train import completion_logprobs
@@ -73,7 +74,7 @@ def warm_start(graphdef, params, examples: Sequence[dict], tokenizer, mesh, *, s
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), max(steps, 2)), b2=0.99))
   opt_state = tx.init(params)
-  step_fn = make_sft_step(graphdef, tx)
+  step_fn = make_sft_step(model_lib.bind_mesh(graphdef, params, mesh), tx)
   rng = np.random.default_rng(seed)
   loss = float("nan")
   for step in range(steps):

@@ -104,6 +104,15 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def constrain_rows(x, mesh: Mesh | None):
+  """Inside a jitted function: x `[batch, ...]` with its leading axis over (`data`, `fsdp`) when they
+  divide it (`logical_to_spec`), the rest replicated. A no-op without a mesh."""
+  if mesh is None:
+    return x
+  spec = logical_to_spec(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from grpo_jax import advantages as adv_lib
 from grpo_jax import losses
 from grpo_jax import sharding as shd
+from grpo_jax import model as model_lib
 from grpo_jax.model import positions_from_mask
 
 
@@ -228,8 +229,9 @@ class Trainer:
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
                rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1):
-    self.graphdef, self.mesh, self.tx = graphdef, mesh, tx
     self.param_shardings = shd.param_shardings(params, mesh)
+    graphdef = model_lib.bind_mesh(graphdef, self.param_shardings, mesh)
+    self.graphdef, self.mesh, self.tx = graphdef, mesh, tx
     repl = shd.replicated(mesh)
     opt_shape = jax.eval_shape(tx.init, params)
     # Optimizer moments shard like the parameters they follow; scalars (counts) are replicated.

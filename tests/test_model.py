@@ -47,9 +47,10 @@ def test_positions_from_mask():
   np.testing.assert_array_equal(positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_cache_decode_equals_full_forward(variant):
-  model = _random_model(_tiny(**VARIANTS[variant]))
+def test_cache_decode_equals_full_forward(variant, scan_layers):
+  model = _random_model(_tiny(scan_layers=scan_layers, **VARIANTS[variant]))
   tokens, mask = _left_padded(model.config.vocab_size)
   positions = positions_from_mask(mask)
   full = _forward(model, tokens, positions, mask)
@@ -67,6 +68,27 @@ def test_cache_decode_equals_full_forward(variant):
   assert int(cache.index) == total
   np.testing.assert_array_equal(cache.mask[:, :total], mask)
   assert not cache.mask[:, total:].any()
+
+
+def test_unrolled_layers_equal_the_layer_scan():
+  """`scan_layers=False` applies the same stacked parameters in a Python loop: same logits, same
+  gradients; and a cache of either layout (stacked for the scan, per-layer tuples when unrolled)."""
+  config = _tiny(qkv_bias=True)
+  model = _random_model(config)
+  graphdef_scan, params = nnx.split(model)
+  graphdef_loop = nnx.split(nnx.eval_shape(lambda: init_model(_tiny(qkv_bias=True, scan_layers=False))))[0]
+  tokens, mask = _left_padded(config.vocab_size, seed=5)
+  positions = positions_from_mask(mask)
+
+  def loss(graphdef, p):
+    return jnp.sum(jax.nn.log_softmax(nnx.merge(graphdef, p)(tokens, positions, mask)) * mask[..., None])
+
+  (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(functools.partial(loss, gd)))(params)
+                        for gd in (graphdef_scan, graphdef_loop))
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(a).max())), g0, g1)
+  assert isinstance(KVCache.init(config, 3, 4).k, jax.Array)
+  assert isinstance(KVCache.init(_tiny(scan_layers=False), 3, 4).k, tuple)
 
 
 def _hf_llama3_inv_freq(head_dim, theta, factor, low, high, original):

@@ -349,3 +349,23 @@ def test_sharded_matches_unsharded(model, prompts, temperature):
   np.testing.assert_array_equal(out.tokens, ref.tokens)
   np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
   np.testing.assert_array_equal(out.mask, ref.mask)
+
+
+def test_unrolled_layers_sample_the_same(prompts):
+  """The per-layer-buffer cache of `scan_layers=False` (unrolled decode) and the stacked cache of the layer
+  scan hold the same keys and values: same samples, same log-probs, on a mesh too."""
+  config = ModelConfig.tiny(vocab_size=V, num_layers=3)
+  scanned = testing.random_model(config, 3)
+  graphdef = nnx.split(nnx.eval_shape(lambda: testing.random_model(
+      ModelConfig.tiny(vocab_size=V, num_layers=3, scan_layers=False), 3)))[0]
+  unrolled = nnx.merge(graphdef, nnx.state(scanned))
+  a = sampler.generate(scanned, *prompts, _keys(9), **SAMPLED)
+  b = sampler.generate(unrolled, *prompts, _keys(9), **SAMPLED)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  mesh = sharding.make_mesh((4, 1, 2))
+  params = nnx.state(unrolled)
+  shardings = sharding.param_shardings(params, mesh)
+  fn = sampler.jit_generate(graphdef, mesh, shardings, **SAMPLED)
+  c = fn(sharding.shard_state(params, shardings), *map(jnp.asarray, prompts), jax.random.key(9))
+  np.testing.assert_array_equal(c.tokens, a.tokens)

@@ -88,3 +88,19 @@ def test_a_nonfinite_update_is_skipped():
   for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(fresh_state.opt_state)):
     if jnp.ndim(a):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_fsdp_gathers_weights_and_keeps_activations_batch_sharded():
+  """On a (1, 8, 1) FSDP mesh, each layer's weights are all-gathered and the activations stay sharded over
+  the batch: no all-reduce inside the layer scan of the forward. (Left alone, XLA kept them sharded over D
+  like the embedding and all-reduced every norm; with unordered collectives on 8 CPU devices that
+  deadlocked a run.)"""
+  import re
+  mesh = shd.make_mesh((1, 8, 1))
+  trainer, state = _trainer(mesh)
+  batch = trainer.shard_batch({**_batch(), "truncated": np.zeros(N, bool)})
+  rewards, valid = jnp.zeros((N // 4, 4)), jnp.ones(N, bool)
+  hlo = trainer._prepare.lower(state.params, state.params, batch, rewards, valid).compile().as_text()
+  in_scan = [l for l in hlo.splitlines() if "while/body" in l]
+  assert any(re.search(r" all-gather(-start)?\(", l) for l in in_scan)
+  assert not any(re.search(r" all-reduce(-start)?\(", l) for l in in_scan)
