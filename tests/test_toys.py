@@ -244,3 +244,16 @@ def test_soft_overlong_penalty_matches_the_reward_function():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
   over = rewards.soft_overlong_penalty(T, cache)([""], [""], completion_lengths=[T + 1])[0]
   assert float(program.soft_overlong_penalty(jnp.asarray([T]), jnp.asarray([True]), T, cache)[0]) == over
+
+
+@pytest.mark.parametrize("toy", [Bandit(num_prompts=4), SeqBandit(num_prompts=4, max_len=5),
+                                 Scratchpad(num_operands=3, tail_len=3, digit_noise=1.0)],
+                         ids=["T0", "T1", "T2"])
+def test_sampler_step_logits_equal_the_teacher_forced_ones(toy):
+  """The sampler reads `step_logits(t)`, the trainer `logits(...)[:, t]`: they must agree everywhere."""
+  params = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(5), x.shape), toy.init_params())
+  ctx_N = jnp.repeat(toy.draw_prompts(jax.random.key(6), 4), 8, axis=0)
+  ro = jax.jit(lambda p, k: program.sample(toy, p, ctx_N, k, SamplingParams()))(params, jax.random.key(7))
+  full = jax.jit(toy.logits)(params, ctx_N, ro.tokens_NxT)
+  step = jax.jit(lambda p, c, x: jnp.stack([toy.step_logits(p, c, x, t) for t in range(toy.completion_len)], 1))
+  np.testing.assert_array_equal(np.asarray(step(params, ctx_N, ro.tokens_NxT)), np.asarray(full))

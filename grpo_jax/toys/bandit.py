@@ -114,6 +114,9 @@ class Bandit:
   def logits(self, params, ctx_N, tokens_NxT):
     return params["logits"][ctx_N][:, None, :]
 
+  def step_logits(self, params, ctx_N, tokens_NxT, t):
+    return params["logits"][ctx_N]
+
   def correct_mask(self):
     return jnp.arange(self.num_actions) < self.num_correct
 

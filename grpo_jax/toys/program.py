@@ -17,6 +17,8 @@ A toy (see `grpo_jax.toys`) is a frozen dataclass with
   vocab_size, completion_len (T), eos_id (or None), has_process (exact step rewards exist)
   init_params() -> params pytree;  draw_prompts(key, n) -> ctx pytree with leading dim n
   logits(params, ctx_N, tokens_NxT) -> [N, T, V]: teacher-forced, position t sees only tokens < t
+  step_logits(params, ctx_N, tokens_NxT, t) -> [N, V]: `logits(...)[:, t]` for a traced t (the sampler's
+                                                        call; tests check that the two agree)
   score(ctx_N, tokens_NxT, mask_NxT, truncated_N) -> Scores
   exact_metrics(params, ref_params, params0) -> {name: scalar}  (exact, from the tables, no sampling)
   diagnostics(spec, knobs, params, ref_params, grads, ctx_N, rewards_BxG) -> {name: scalar}
@@ -154,16 +156,16 @@ def row_keys(key, n: int):
 
 def sample(toy, params, ctx_N, key, sampling: SamplingParams) -> Rollout:
   """Autoregressive rollout of N rows with the sampler's sampling functions; token t of row b uses
-  `fold_in(fold_in(key, b), t)` like `sampler.generate`. The policy is re-evaluated teacher-forced on the
-  buffer at every step (the toys are tables, so this costs nothing and guarantees that the trainer's
-  log-probs are computed by the very same function)."""
+  `fold_in(fold_in(key, b), t)` like `sampler.generate`. Step t reads `toy.step_logits` on the buffer,
+  which equals the teacher-forced `toy.logits(...)[:, t]` the trainer scores with, so the on-policy ratio
+  is 1 up to float error."""
   T = toy.completion_len
   n = jax.tree.leaves(ctx_N)[0].shape[0]
   keys_N = row_keys(key, n)
 
   def step(carry, t):
     tokens_NxT, done_N = carry
-    logits_NxV = toy.logits(params, ctx_N, tokens_NxT)[:, t]
+    logits_NxV = toy.step_logits(params, ctx_N, tokens_NxT, t)
     tok_N = sampling.sample(logits_NxV, jax.vmap(jax.random.fold_in, (0, None))(keys_N, t))
     logp_N = sampling.logprobs(logits_NxV, tok_N)
     live_N = ~done_N
@@ -261,8 +263,9 @@ def make_train(toy, spec: Spec):
         # DAPO dynamic sampling with a static shape: informative groups first (stable order), keep B.
         idx_B = jnp.argsort(zero_std_all.astype(jnp.int32), stable=True)[:B]
         ctx_N, ro, scores = _select_groups(idx_B, (ctx_N, ro, scores), G)
-      rewards_BxG = scores.rewards_N.reshape(B, G)
-      zero_std_B = jnp.all(rewards_BxG == rewards_BxG[:, :1], axis=1)  # on the task reward, as prepare_batch
+      task_BxG = scores.rewards_N.reshape(B, G)
+      zero_std_B = jnp.all(task_BxG == task_BxG[:, :1], axis=1)  # on the task reward, as prepare_batch
+      rewards_BxG = task_BxG
       ref_logp = completion_logprobs(toy, ref, ctx_N, ro.tokens_NxT, spec.temperature) if spec.use_ref else None
       if spec.use_ref:  # KL in the reward (as train.prepare_batch): r - beta * sum_t KL(old, ref)
         kl_N = jnp.sum(losses.kl_penalty(ro.logp_NxT, ref_logp, spec.kl_kind) * ro.mask_NxT, -1)
@@ -293,7 +296,7 @@ def make_train(toy, spec: Spec):
         (new_params, opt_state, m_sum), _ = jax.lax.scan(
             inner, (new_params, opt_state, m_sum), jnp.arange(1, spec.max_iterations))
       stats.update({k: v / knobs["num_iterations"] for k, v in m_sum.items()})
-      stats.update(toy.diagnostics(spec, knobs, params, ref, first_grads, ctx_N, rewards_BxG))
+      stats.update(toy.diagnostics(spec, knobs, params, ref, first_grads, ctx_N, task_BxG))
       stats.update(toy.exact_metrics(params, ref, params0))
       if spec.use_ref:  # iterative GRPO (DeepSeekMath §4.2): the reference follows the policy
         period = knobs["ref_reset_every"].astype(jnp.int32)

@@ -84,6 +84,15 @@ class Scratchpad:
     tail_NxLxV = jnp.broadcast_to(self._tail_logits(params), (ctx_N.shape[0], self.tail_len, V))
     return jnp.concatenate([digit_NxKxV, tail_NxLxV], axis=1)
 
+  def step_logits(self, params, ctx_N, tokens_NxT, t):
+    """`logits(...)[:, t]` for a traced position t, without the other T − 1 positions.  -> [N, V]."""
+    K = self.num_operands
+    j = jnp.minimum(t, K - 1)
+    prev_N = jnp.where(t == 0, 0, tokens_NxT[:, jnp.maximum(j - 1, 0)])
+    digit_NxV = self._digit_logits(params)[jnp.clip(prev_N, 0, 9), ctx_N[:, j]]
+    tail_V = self._tail_logits(params)[jnp.clip(t - K, 0, self.tail_len - 1)]
+    return jnp.where(t < K, digit_NxV, tail_V[None, :])
+
   def score(self, ctx_N, tokens_NxT, mask_NxT, truncated_N):
     K = self.num_operands
     s_NxK = tokens_NxT[:, :K]

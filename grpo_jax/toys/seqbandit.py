@@ -61,6 +61,12 @@ class SeqBandit:
     rest_NxT1xV = params["rest"][ctx_N, tokens_NxT[:, 0]]  # [N, T-1, V]
     return jnp.concatenate([first_NxV[:, None], rest_NxT1xV], axis=1)
 
+  def step_logits(self, params, ctx_N, tokens_NxT, t):
+    """`logits(...)[:, t]` for a traced position t, without the other T − 1 positions.  -> [N, V]."""
+    first_NxV = self._first_logits(params)[ctx_N]
+    rest_NxV = params["rest"][ctx_N, tokens_NxT[:, 0], jnp.maximum(t - 1, 0)]
+    return jnp.where(t == 0, first_NxV, rest_NxV)
+
   def score(self, ctx_N, tokens_NxT, mask_NxT, truncated_N):
     correct_N = (tokens_NxT[:, 0] == ctx_N % self.num_answers).astype(jnp.float32)
     empty = jnp.zeros((correct_N.shape[0], 0))
