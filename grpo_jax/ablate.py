@@ -9,8 +9,8 @@ numeric sweep, if any — in a jitted program (`grpo_jax.toys.program.make_train
 differ only in traced knobs share one program and one call. Each arm's results are written atomically
 to `OUT/<axis>/<arm>.npz` with a hash of its settings: a killed sweep re-run with the same command skips
 the arms already on disk and continues with the rest. A result whose settings changed, or a file that
-does not load, is recomputed. `--smoke` runs every arm
-for a few steps with two seeds (and a cheaper compile) into its own directory.
+does not load, is recomputed. `--smoke` runs every arm for a few steps with two seeds (and a cheaper
+compile) into its own directory.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ RESULTS_VERSION = 1  # bump when the meaning of stored results changes
 SMOKE_STEPS, SMOKE_SEEDS = 3, 2
 # Smoke programs run three steps: compile time is all that matters, and XLA's optimisations halve it.
 FAST_COMPILE = {"xla_backend_optimization_level": "0", "xla_llvm_disable_expensive_passes": True}
-ARM_KEYS = {"name", "label", "toy_kwargs", "sweep"}
+ARM_KEYS = {"name", "toy_kwargs", "sweep"}  # arm fields that are not settings
 
 
 def load_suite(path: str) -> ml_collections.ConfigDict:
@@ -52,8 +52,7 @@ def load_suite(path: str) -> ml_collections.ConfigDict:
   config = module.get_config()
   if "axes" in config:
     return config
-  return ml_collections.ConfigDict({"axes": (config,), "report": config.get("report", ""),
-                                    "headline": config.name})
+  return ml_collections.ConfigDict({"axes": (config,), "report": config.get("report", "")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,21 +264,36 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="results directory (default runs/ablations[_smoke])")
   parser.add_argument("--report", default=None,
                       help="markdown report to write (default: the suite's `report`, else OUT/ablations.md; "
-                           "with --smoke always OUT/ablations.md)")
+                           "with --smoke or --only always OUT/ablations.md)")
   parser.add_argument("--only", default="", help="comma-separated axis names to run")
   args = parser.parse_args(argv)
   from grpo_jax import ablate_report  # matplotlib is only needed here
 
   suite = load_suite(args.suite)
+  only = tuple(filter(None, args.only.split(",")))
+  unknown = set(only) - {a.name for a in suite.axes}
+  if unknown:
+    parser.error(f"--only: no axis {sorted(unknown)} in {args.suite}; it has {[a.name for a in suite.axes]}")
   out_dir = args.out or ("runs/ablations_smoke" if args.smoke else "runs/ablations")
-  report = args.report or (os.path.join(out_dir, "ablations.md") if args.smoke or not suite.get("report")
-                           else suite.report)
+  # A partial or smoke run never overwrites the committed report.
+  partial = args.smoke or only or not suite.get("report")
+  report = args.report or (os.path.join(out_dir, "ablations.md") if partial else suite.report)
   t0, load0 = time.time(), os.getloadavg()
-  results = run_suite(suite, out_dir, smoke=args.smoke, only=tuple(filter(None, args.only.split(","))))
+  loaded = []
+  results = run_suite(suite, out_dir, smoke=args.smoke, only=only,
+                      log=lambda msg: (print(msg, flush=True), loaded.append(": loaded from " in msg)))
   run_info = {"wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(),
               "command": " ".join(["python -m grpo_jax.ablate", *(argv if argv is not None else sys.argv[1:])]),
-              "smoke": args.smoke, "devices": str(jax.devices()[0].platform), "cpus": os.cpu_count()}
-  ablate_report.write_report(results, report, run_info, headline=suite.get("headline", ""))
+              "smoke": args.smoke, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+  # The wall time of a run that computed every arm is worth quoting later, when a rerun only loads them.
+  full_run_path = os.path.join(out_dir, f"full_run_{os.path.basename(args.suite)}.json")
+  if not any(loaded) and not only:
+    with open(full_run_path, "w") as f:
+      json.dump(run_info, f)
+  if os.path.exists(full_run_path) and not only:
+    with open(full_run_path) as f:
+      run_info["full_run"] = json.load(f)
+  ablate_report.write_report(results, report, run_info)
   print(f"wrote {report} ({run_info['wall_s']:.0f}s; load average {load0[0]:.1f} -> "
         f"{run_info['load_end'][0]:.1f})", flush=True)
   return 0

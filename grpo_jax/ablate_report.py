@@ -133,6 +133,11 @@ def evaluate_claims(axis_result) -> list[dict]:
   return out
 
 
+def _cell(text: str) -> str:
+  """A markdown table cell: a literal | would end the cell."""
+  return str(text).replace("|", "\\|")
+
+
 def _fmt(mean, half):
   if not np.isfinite(mean):
     return "—"
@@ -219,23 +224,30 @@ def plot_axis(axis_result, path: str) -> None:
 
 
 def _settings_line(axis_result) -> str:
-  first = next(iter(axis_result["arms"].values()))[0]
-  spec = first.spec
+  """Toy and training settings; a setting that differs between arms reads "per arm"."""
+  settings = [s for s, _, _ in axis_result["arms"].values()]
+  first = settings[0]
+
+  def value(get):
+    values = {get(s) for s in settings}
+    return f"{values.pop():g}" if len(values) == 1 else "per arm"
   return (f"toy `{first.toy_name}` ({', '.join(f'{k}={v}' for k, v in first.toy_kwargs) or 'defaults'}); "
-          f"{first.seeds} seeds; {spec.steps} steps of B = {spec.prompts_per_step} prompts x G = "
-          f"{spec.group_size}; optimizer {spec.optimizer}; lr = {dict(first.knob_rows[0])['lr']:g}")
+          f"{first.seeds} seeds; {value(lambda s: s.spec.steps)} steps of B = "
+          f"{value(lambda s: s.spec.prompts_per_step)} prompts × G = {value(lambda s: s.spec.group_size)}; "
+          f"optimizer {first.spec.optimizer}; lr = {value(lambda s: dict(s.knob_rows[0])['lr'])}")
 
 
-def write_report(results: dict, path: str, run_info: dict, headline: str = "") -> None:
+def write_report(results: dict, path: str, run_info: dict) -> None:
   """Writes the markdown report at `path` and one PNG per axis under `<dir>/ablations/`."""
   from grpo_jax import ablate_text
 
   out_dir = os.path.dirname(path) or "."
   plot_dir = os.path.join(out_dir, "ablations")
+  arm_minutes = sum(m["wall_s"] for r in results.values() for _, _, m in r["arms"].values()) / 60
+  full_run = run_info.get("full_run")
   lines = [ablate_text.HEADER.format(
-      date=datetime.date.today().isoformat(), command=run_info["command"], wall=run_info["wall_s"] / 60,
-      arm_minutes=sum(m["wall_s"] for r in results.values() for _, _, m in r["arms"].values()) / 60,
-      load0=run_info["load_start"][0], load1=run_info["load_end"][0], cpus=run_info["cpus"],
+      date=datetime.date.today().isoformat(), command=run_info["command"],
+      timing=ablate_text.timing_line(run_info, full_run, arm_minutes),
       smoke=" (SMOKE RUN: 3 steps, 2 seeds — the numbers mean nothing)" if run_info["smoke"] else "")]
   lines.append(ablate_text.METHOD)
   speedup = os.path.join(plot_dir, "speedup.json")
@@ -248,14 +260,17 @@ def write_report(results: dict, path: str, run_info: dict, headline: str = "") -
     config = axis_result["config"]
     claims = evaluate_claims(axis_result)
     for c in claims:
-      summary.append(f"| [{name}](#{name}) | {c['text']} | {c['source']} | {c['measured']} | **{c['verdict']}** |")
+      summary.append(f"| [{name}](#{name}) | {_cell(c['text'])} | {_cell(c['source'])} | {c['measured']} | "
+                     f"**{c['verdict']}** |")
     png = os.path.join(plot_dir, f"{name}.png")
     plot_axis(axis_result, png)
-    claim_rows = "\n".join(f"| {c['id']} | {c['text']} | `{c['rule']}` | {c['measured']} | **{c['verdict']}** |"
-                           for c in claims)
+    claim_rows = "\n".join(f"| {c['id']} | {_cell(c['text'])} | `{_cell(c['rule'])}` | {c['measured']} | "
+                           f"**{c['verdict']}** |" for c in claims)
     sections.append(ablate_text.AXIS.format(
         name=name, title=config.title, published=config.published, design=config.design,
         settings=_settings_line(axis_result), table=results_table(axis_result), claims=claim_rows,
+        notes=(f"\n**After the results** (written once the first full run was in; explains, changes no rule "
+               f"or verdict). {config.notes}\n" if config.get("notes") else ""),
         png=os.path.relpath(png, out_dir)))
   lines += ["\n".join(summary), *sections]
   with open(path, "w") as f:

@@ -24,5 +24,4 @@ def get_config() -> mc.ConfigDict:
   c = mc.ConfigDict()
   c.axes = tuple(_axis(name) for name in AXES)  # the axis configs, each from its own file
   c.report = "docs/ablations.md"  # the markdown report this suite regenerates (plots in docs/ablations/)
-  c.headline = "rft"  # the axis whose plot the README shows
   return c

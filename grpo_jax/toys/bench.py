@@ -3,8 +3,9 @@ policy would cost on T2 (the reason the toys are tables).
 
   python -m grpo_jax.toys.bench [--out docs/ablations/speedup.json] [--repeats 3]
 
-Compile time is excluded from both sides (each program is compiled once, then timed); the numbers are
-wall-clock medians on whatever machine runs this, so they are printed with the load average.
+Execution alone (each program compiled once, then timed: median of repeats), and end to end with the
+compile, against a shell loop that runs one seed per process (S compiles). Wall-clock numbers on whatever
+machine runs this, so they are printed with the load average.
 """
 from __future__ import annotations
 
@@ -43,12 +44,20 @@ def seeds_speedup(path: str, arm_name: str, repeats: int) -> dict:
   keys = jax.vmap(jax.random.key)(jnp.arange(settings.seeds))
   vmapped = jax.jit(jax.vmap(train, in_axes=(0, None)))
   single = jax.jit(train)
-  jax.block_until_ready(vmapped(keys, hp))  # compile
-  jax.block_until_ready(single(keys[0], hp))  # compile
+  t0 = time.perf_counter()
+  jax.block_until_ready(vmapped(keys, hp))  # compile (+ one run)
+  t_first_vmap = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  jax.block_until_ready(single(keys[0], hp))  # compile (+ one run)
+  t_first_single = time.perf_counter() - t0
   t_vmap = _median_time(lambda: vmapped(keys, hp), repeats)
   t_loop = _median_time(lambda: [single(keys[s], hp) for s in range(settings.seeds)], repeats)
+  # A seed per fresh process (a shell loop over seeds) compiles every time: S x (compile + run).
+  t_fresh = settings.seeds * t_first_single
   return {"arm": f"{axis.name}/{arm_name}", "seeds": settings.seeds, "steps": settings.spec.steps,
-          "vmapped_s": t_vmap, "one_at_a_time_s": t_loop, "speedup": t_loop / t_vmap}
+          "vmapped_s": t_vmap, "one_at_a_time_s": t_loop, "speedup": t_loop / t_vmap,
+          "vmapped_with_compile_s": t_first_vmap, "fresh_process_per_seed_s": t_fresh,
+          "speedup_with_compile": t_fresh / t_first_vmap}
 
 
 def decoder_step_cost(repeats: int) -> dict:
@@ -93,11 +102,18 @@ def main(argv=None) -> int:
     row = dict(toy=name, **seeds_speedup(path, arm, args.repeats))
     result["cases"].append(row)
     print(f"{name} {row['arm']}: {row['seeds']} seeds x {row['steps']} steps — vmapped {row['vmapped_s']:.2f}s, "
-          f"one at a time {row['one_at_a_time_s']:.2f}s, speed-up {row['speedup']:.1f}x", flush=True)
+          f"one at a time {row['one_at_a_time_s']:.2f}s, speed-up {row['speedup']:.1f}x; with compile: "
+          f"vmapped {row['vmapped_with_compile_s']:.1f}s vs a fresh process per seed "
+          f"{row['fresh_process_per_seed_s']:.1f}s ({row['speedup_with_compile']:.1f}x)", flush=True)
   result["decoder"] = decoder_step_cost(args.repeats)
   d = result["decoder"]
+  suite = ablate.load_suite("experiments/ablations/all.py")
+  d["suite_seed_steps"] = sum(s.seeds * s.spec.steps * len(s.sub_arms()) for axis in suite.axes
+                              for s in (ablate.arm_settings(axis, arm, smoke=False) for arm in axis.arms))
   print(f"tiny Decoder on T2's batch: generate {d['generate_s']:.3f}s + forward/backward "
-        f"{d['forward_backward_s']:.3f}s = {d['step_s']:.3f}s per GRPO step", flush=True)
+        f"{d['forward_backward_s']:.3f}s = {d['step_s']:.3f}s per GRPO step; the suite's "
+        f"{d['suite_seed_steps']} seed-steps would take ~{d['suite_seed_steps'] * d['step_s'] / 3600:.1f} h",
+        flush=True)
   result["load_avg_end"] = os.getloadavg()[0]
   print(f"load average {load0:.1f} -> {result['load_avg_end']:.1f} on {os.cpu_count()} CPUs")
   if args.out:
