@@ -32,6 +32,9 @@ def get_config() -> mc.ConfigDict:
       "a working KL term must visibly hold the policy back. The exact k1/k2/k3 gradient identities are "
       "unit tests (`tests/test_toys.py::test_kl_estimator_gradients_are_exact`). Calibration (arm `none` "
       "only): SGD at lr = 8 reaches success 0.99 in 400 steps, so the unregularised policy converges.")
+  c.notes = (  # written AFTER the first full run; explains results, changes no rule or verdict
+      "k3 used as a reward is the most biased placement here (its score-function weight k3 = r − log r − 1 "
+      "explodes where π ≪ π_ref) and does not hold the policy back at all.")
   c.toy = "bandit"  # T0 (grpo_jax.toys.bandit)
   c.toy_kwargs = mc.ConfigDict(dict(  # Bandit fields
       num_prompts=32, num_actions=8, num_correct=1, p_min=0.05, p_max=0.9))

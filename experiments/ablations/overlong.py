@@ -25,6 +25,13 @@ def get_config() -> mc.ConfigDict:
       "`filter` = the trainer's `mask_truncated`; `soft` = reward + DAPO Eq. 13 with L_cache = 3; "
       "`filter_soft` = both (DAPO's recipe). Adam. Calibration (baseline arm only): lr = 0.015 and 200 steps "
       "take its accuracy from 0.11 to ~0.67 (a target of 0.6–0.85: not saturated).")
+  c.notes = (  # written AFTER the first full run; explains results, changes no rule or verdict
+      "In T3 truncation is independent of whether the digits are right, so scoring truncated samples as wrong is "
+      "a clean signal to stop thinking (truncation falls to ~0.2%), and filtering removes exactly that signal (a "
+      "few % stay truncated) while leaving the digit accuracy (`answer_accuracy`) unchanged; the soft penalty "
+      "slows the digits (presumably: it adds length-driven variance to the group-normalised advantages). "
+      "DAPO's premise — "
+      "that truncation punishes sound but long reasoning — is absent from this toy by construction.")
   c.toy = "scratchpad"  # T3 (grpo_jax.toys.scratchpad with a short tail)
   c.toy_kwargs = mc.ConfigDict(T3)  # Scratchpad fields
   c.seeds = 6  # independent training runs per arm, vmapped

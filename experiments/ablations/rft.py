@@ -26,6 +26,11 @@ def get_config() -> mc.ConfigDict:
       "the termination step). `accuracy` is the exact success probability over all 10^4 prompts; the "
       "claims compare its mean over training (the area under Fig. 5's curves). Calibration (arm `grpo_outcome` "
       "only): lr = 0.015 takes its accuracy from 0.13 to ~0.65 in 200 steps (target 0.6–0.85).")
+  c.notes = (  # written AFTER the first full run; explains results, changes no rule or verdict
+      "Online RFT beats GRPO with outcome supervision on T2: a wrong chain's negative advantage also pushes down "
+      "the right steps it contains (the 100 cells are shared), while RFT only reinforces fully right chains. "
+      "Process supervision removes that credit-assignment noise and is the best arm; the full ordering fails on "
+      "the OS vs online RFT pair alone.")
   c.toy = "scratchpad"  # T2 (grpo_jax.toys.scratchpad)
   c.toy_kwargs = mc.ConfigDict(T2)  # Scratchpad fields
   c.seeds = 6  # independent training runs per arm, vmapped
