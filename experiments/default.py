@@ -20,6 +20,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.path = ""  # the Hugging Face directory when source == "hf"
   c.model.dtype = "float32"  # activation dtype ("bfloat16" on TPU/GPU)
   c.model.param_dtype = "float32"  # parameter dtype of the tiny model
+  # Apply the stacked blocks with a lax.scan (compile time independent of depth; the default for deep
+  # models and accelerators) or unrolled (False: faster steps on a CPU, compile grows with depth).
+  c.model.scan_layers = True
+  # Rematerialization in the backward pass: "none", "full" (keep each block's input only), "dots"
+  # (keep matmul outputs) or "dots_no_batch" (keep weight matmuls, recompute attention).
+  c.model.remat = "none"
   c.model.tiny = ml_collections.ConfigDict(dict(  # ModelConfig.tiny overrides
       hidden_size=128,  # model width D
       intermediate_size=384,  # MLP hidden width

@@ -21,6 +21,7 @@ KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGP = ("sampler", "rescore")
 MODEL_SOURCES = ("tiny", "hf")
+REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")  # grpo_jax.model.REMAT_CHOICES
 FILE_TASKS = ("gsm8k", "math", "local")  # tasks read from task.kwargs.train_path / eval_path
 REQUIRED = ("seed", "mesh", "model", "tokenizer", "task", "prompt", "rewards", "rollout", "grpo",
             "optim", "train", "eval", "checkpoint", "sft")
@@ -77,6 +78,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   batch_shards = mesh[0] * mesh[1]
 
   _one_of(c, "model.source", MODEL_SOURCES)
+  _one_of(c, "model.remat", REMAT_CHOICES)
   if c.model.source == "hf":
     _check(bool(c.model.path), "model.path", "is required when model.source == 'hf'")
     _check(os.path.isdir(c.model.path), "model.path", f"{c.model.path!r} is not a directory")

@@ -215,7 +215,8 @@ def read_hf_config(path) -> dict:
   return c
 
 
-def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) -> model_lib.Decoder:
+def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, scan_layers: bool = True,
+                    remat: str = "none") -> model_lib.Decoder:
   """A `Decoder` from a local Hugging Face directory (config.json + *.safetensors).
 
   Args:
@@ -223,6 +224,7 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) ->
     dtype: activation dtype; `param_dtype` (default `dtype`) is what parameters are stored in.
     mesh: a `(data, fsdp, tensor)` mesh (`grpo_jax.sharding.make_mesh`); parameters are placed
       directly into `grpo_jax.sharding.param_shardings`. None: the default device.
+    scan_layers, remat: how the forward applies the layers (`grpo_jax.model.ModelConfig`).
 
   The returned module has `hf_config_json` (the source config, a static string attribute that
   survives `nnx.split`/`nnx.merge`) so that `save_pretrained` writes the same config back.
@@ -230,7 +232,8 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None) ->
   """
   path = os.fspath(path)
   hf_config = read_hf_config(path)
-  config = config_from_hf(hf_config, dtype, param_dtype)
+  config = dataclasses.replace(config_from_hf(hf_config, dtype, param_dtype), scan_layers=scan_layers,
+                               remat=remat)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, nnx.Rngs(0))))
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

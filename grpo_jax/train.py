@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from grpo_jax import advantages as adv_lib
+from grpo_jax import hostmem
 from grpo_jax import losses
 from grpo_jax import sharding as shd
 from grpo_jax import model as model_lib
@@ -229,6 +230,7 @@ class Trainer:
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
                rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1):
+    hostmem.trim_after_compiles()  # compile garbage goes back to the OS before the programs run
     self.param_shardings = shd.param_shardings(params, mesh)
     graphdef = model_lib.bind_mesh(graphdef, self.param_shardings, mesh)
     self.graphdef, self.mesh, self.tx = graphdef, mesh, tx

@@ -222,3 +222,18 @@ def test_make_mesh():
                        ((3, -1, 1), "does not divide"), ((2, 2, 1), "needs 4 devices")]:
     with pytest.raises(ValueError, match=match):
       sharding.make_mesh(shape)
+
+
+def test_config_validates_remat_against_the_model_choices():
+  from grpo_jax import config as config_lib
+  from grpo_jax import model as model_lib
+  assert config_lib.REMAT_CHOICES == model_lib.REMAT_CHOICES
+  import importlib.util, os
+  spec = importlib.util.spec_from_file_location(
+      "default_cfg", os.path.join(os.path.dirname(__file__), "..", "experiments", "default.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.model.remat = "sometimes"
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.remat: 'sometimes' is not one of"):
+    config_lib.validate(c, 8)
