@@ -20,19 +20,19 @@ def chunk_logprobs_and_entropy(logits_NxCxV: jax.Array, tokens_NxC: jax.Array, t
                                entropy_grad: bool = False):
   """`(log softmax(z)[token], H(softmax(z)))` with z = logits / temperature, [N, C, V] -> two [N, C] float32.
 
-  The same quantities as `losses.token_logprobs` and `losses.token_entropy` (H = logsumexp(z) − Σ p·z, with
-  p = 0 where z = −inf contributing 0). With `entropy_grad=False` the entropy is a metric: it is computed
+  The same quantities and formulas as `losses.token_logprobs` and `losses.token_entropy` (vocabulary
+  entries at −inf have p = 0 and contribute 0 to the entropy). With `entropy_grad=False` the entropy is a metric: it is computed
   from stop-gradient logits, so the backward pass does no work for it.
   """
   z = logits_NxCxV.astype(jnp.float32) / temperature
   lse = jax.nn.logsumexp(z, axis=-1)
   picked = jnp.take_along_axis(z, tokens_NxC[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # −Σ p·log p on log p = z − lse (not lse − Σ p·z, which cancels to float error when H is small).
+  logp_all = z - lse[..., None]
   if not entropy_grad:
-    z, lse_h = jax.lax.stop_gradient(z), jax.lax.stop_gradient(lse)
-  else:
-    lse_h = lse
-  p = jnp.exp(z - lse_h[..., None])
-  entropy = lse_h - jnp.sum(jnp.where(p > 0, p * z, 0.0), axis=-1)
+    logp_all = jax.lax.stop_gradient(logp_all)
+  p = jnp.exp(logp_all)
+  entropy = -jnp.sum(jnp.where(p > 0, p * logp_all, 0.0), axis=-1)
   return picked - lse, entropy
 
 
