@@ -1,11 +1,14 @@
 """The newer objectives against NumPy: CISPO, GMPO, SAPO, Clip-Cov / KL-Cov, the entropy bonus, the global
 token mean, and REINFORCE++ advantages."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from grpo_jax import advantages as adv_lib
+from grpo_jax import config as config_lib
 from grpo_jax import losses
 
 N, T = 6, 5
@@ -226,3 +229,41 @@ def test_objective_arguments_are_checked():
     loss_and_grad(logp, old, adv, m, loss_type="cispo", ratio_level="sequence")
   with pytest.raises(ValueError, match="cov_control"):
     loss_and_grad(logp, old, adv, m, cov_control="entropy")
+
+
+def _default_config():
+  return config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "default.py"))
+
+
+@pytest.mark.parametrize("updates,named", [
+    (dict(loss_type="ppo"), "grpo.loss_type"),
+    (dict(loss_type="cispo", ratio_level="sequence"), "grpo.ratio_level"),
+    (dict(loss_type="sapo", cov_control="clip_cov"), "grpo.cov_control"),
+    (dict(cov_control="kl"), "grpo.cov_control"),
+    (dict(cov_ratio=0.0), "grpo.cov_ratio"),
+    (dict(cov_bounds=(5.0, 1.0)), "grpo.cov_bounds"),
+    (dict(clip_low=1.0), "grpo.clip_low"),
+    (dict(rollout_is="tis"), "grpo.rollout_is"),  # needs old_logp = "rescore"
+    (dict(rollout_is="ois", old_logp="rescore"), "grpo.rollout_is"),
+    (dict(rollout_is_threshold=1.0), "grpo.rollout_is_threshold"),
+    (dict(estimator="reinforce_pp", scale="batch"), "grpo.scale"),
+    (dict(agg="token-sum"), "grpo.agg"),
+    (dict(dynamic_sampling=True, dynamic_sampling_max_rounds=0), "grpo.dynamic_sampling_max_rounds"),
+    (dict(logprob_chunk=-1), "grpo.logprob_chunk"),
+])
+def test_config_validation_names_the_key(updates, named):
+  c = _default_config()
+  c.grpo.update(updates)
+  with pytest.raises(config_lib.ConfigError, match=named.replace(".", r"\.")):
+    config_lib.validate(c, 8)
+
+
+def test_config_accepts_the_new_knobs_together():
+  c = _default_config()
+  c.grpo.update(loss_type="cispo", clip_low=1.0, agg="token-mean-global", estimator="reinforce_pp_baseline",
+                old_logp="rescore", rollout_is="mis", rollout_is_level="sequence", logprob_chunk=64,
+                dynamic_sampling=True)
+  c.rollout.logprobs_mode = "truncated"
+  config_lib.validate(c, 8)
+  c.grpo.update(loss_type="gmpo", clip_low=1.5)  # log-space bounds may exceed 1
+  config_lib.validate(c, 8)
