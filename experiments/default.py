@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.top_k = 0  # 0: off
   c.rollout.top_p = 1.0  # 1.0: off
   c.rollout.min_p = 0.0  # 0.0: off
+  c.rollout.logprobs_mode = "full"  # sampler log-probs: full (vocabulary) | truncated (the filtered q)
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 8  # G completions per prompt
@@ -88,6 +89,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.ref_reset_every = 0  # iterative GRPO: reference := policy every K steps (0: never)
   c.grpo.filter_zero_std = False  # DAPO dynamic sampling (mask groups with equal rewards)
   c.grpo.mask_truncated = False  # DAPO overlong filtering (mask completions without EOS)
+  c.grpo.dynamic_sampling = False  # DAPO dynamic sampling: refill groups with equal rewards by new draws
+  c.grpo.dynamic_sampling_max_rounds = 4  # prompt batches drawn per step at most (1st included)
+  c.grpo.loss_type = "grpo"  # grpo | cispo | gmpo (clip_* in log space, paper 0.4) | sapo
+  c.grpo.sapo_tau_pos = 1.0  # SAPO gate temperature for positive advantages
+  c.grpo.sapo_tau_neg = 1.05  # SAPO gate temperature for negative advantages
+  c.grpo.cov_control = "none"  # none | clip_cov | kl_cov: entropy control (loss_type grpo only)
+  c.grpo.cov_ratio = 2e-4  # fraction of tokens selected (Clip-Cov 2e-4, KL-Cov 2e-3 in the paper)
+  c.grpo.cov_bounds = (1.0, 5.0)  # Clip-Cov covariance band (omega_low, omega_high)
+  c.grpo.kl_cov_coef = 1.0  # KL-Cov coefficient of |log ratio| on the selected tokens
+  c.grpo.entropy_coef = 0.0  # entropy bonus: loss -= entropy_coef * entropy (0: off)
+  c.grpo.rollout_is = "none"  # none | tis | mis: sampler/trainer mismatch correction (old_logp=rescore)
+  c.grpo.rollout_is_level = "token"  # token | sequence: ratio per token or per completion
+  c.grpo.rollout_is_threshold = 2.0  # C: TIS truncates weights at C, MIS zeroes ratios out of [1/C, C]
+  c.grpo.logprob_chunk = 0  # completion positions per LM-head chunk, scoring and loss (0: unchunked)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4  # AdamW peak learning rate

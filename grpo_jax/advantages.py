@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+BATCH_NORMALIZED = ("reinforce_pp", "reinforce_pp_baseline")  # normalized over the batch, not a group
 SCALES = ("group", "batch", "none")
 
 
@@ -61,10 +62,12 @@ def group_advantages(rewards_BxG: jax.Array, estimator: str = "grpo", eps: float
                      scale: str = "group") -> jax.Array:
   """Group-relative outcome advantages.  rewards [B, G] -> advantages [B, G] (float32 or wider).
 
-  Estimators (each a function of one group, vmapped over the B prompts):
+  Estimators (the first three: each a function of one group, vmapped over the B prompts):
     "grpo":    Â_i = (r_i − mean(r)) / (std(r) + eps), std unbiased (ddof=1)  — DeepSeekMath §4.1.2.
     "dr_grpo": Â_i = r_i − mean(r)                                            — Dr. GRPO (Liu et al. 2025).
     "rloo":    Â_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean(r))            — RLOO (Ahmadian et al. 2024).
+    "reinforce_pp", "reinforce_pp_baseline": REINFORCE++ (Hu et al. 2025), batch-normalized; see
+               `reinforce_pp_advantages`.
 
   `scale` selects the std of the "grpo" estimator (TRL's `scale_rewards`):
     "group": std of the group (the paper);
@@ -73,15 +76,18 @@ def group_advantages(rewards_BxG: jax.Array, estimator: str = "grpo", eps: float
     "none":  no division: identical to "dr_grpo".
   "dr_grpo" and "rloo" never divide by a std; they accept "group" or "none" (both mean: no std), and reject
   "batch" rather than silently ignoring it.
+  "reinforce_pp" / "reinforce_pp_baseline" (`reinforce_pp_advantages`) normalize over the whole batch by
+  definition; they accept "group" or "none" and ignore it, and reject "batch".
 
-  G = 1 gives zero advantages (no baseline exists); all-equal rewards in a group give exactly zero.
-  Every estimator sums to zero over each group.
+  G = 1 gives zero advantages (no baseline exists); all-equal rewards in a group give exactly zero. The three
+  group estimators sum to zero over each group; the REINFORCE++ ones over the batch ("reinforce_pp" does
+  not use the group: G = 1 and equal rewards in one group of a varied batch are not 0 there).
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"group_advantages: unknown estimator={estimator!r}; expected one of {ESTIMATORS}")
   if scale not in SCALES:
     raise ValueError(f"group_advantages: unknown scale={scale!r}; expected one of {SCALES}")
-  if scale == "batch" and estimator != "grpo":
+  if scale == "batch" and estimator != "grpo":  # REINFORCE++ is batch-normalized already
     raise ValueError(f"group_advantages: scale='batch' only applies to estimator='grpo', got "
                      f"estimator={estimator!r}")
   if not eps >= 0:
@@ -90,6 +96,8 @@ def group_advantages(rewards_BxG: jax.Array, estimator: str = "grpo", eps: float
     raise ValueError(f"group_advantages: rewards must be [B, G], got shape {rewards_BxG.shape}")
 
   rewards_BxG = rewards_BxG.astype(jnp.promote_types(rewards_BxG.dtype, jnp.float32))
+  if estimator in BATCH_NORMALIZED:
+    return reinforce_pp_advantages(rewards_BxG, baseline=estimator == "reinforce_pp_baseline", eps=eps)
   adv_BxG = jax.vmap(lambda r_G: _one_group(r_G, estimator, eps, scale))(rewards_BxG)
   if scale == "batch":
     n = rewards_BxG.size
@@ -97,6 +105,36 @@ def group_advantages(rewards_BxG: jax.Array, estimator: str = "grpo", eps: float
     denom = jnp.sqrt(jnp.sum(dev**2) / max(n - 1, 1)) + eps
     adv_BxG = adv_BxG / jnp.where(denom > 0, denom, 1.0)  # adv is 0 when the batch std is 0
   return adv_BxG
+
+
+def _batch_whiten(x_BxG: jax.Array, eps: float) -> jax.Array:
+  """(x − mean) / (std + eps) over all B·G entries, std unbiased (ddof=1); exactly 0 when all are equal."""
+  shifted = x_BxG - x_BxG.reshape(-1)[0]  # as `_normalize_masked`: equal entries give an exact 0
+  centered = shifted - jnp.mean(shifted)
+  denom = jnp.sqrt(jnp.sum(centered**2) / max(x_BxG.size - 1, 1)) + eps
+  return centered / jnp.where(denom > 0, denom, 1.0)
+
+
+def reinforce_pp_advantages(rewards_BxG: jax.Array, *, baseline: bool = False,
+                            eps: float = 1e-6) -> jax.Array:
+  """REINFORCE++ advantages with global batch normalization (Hu et al. 2025, "REINFORCE++: Stabilizing
+  Critic-Free Policy Optimization with Global Normalization", arXiv 2501.03262, §3).  [B, G] -> [B, G].
+
+    baseline=False ("REINFORCE++"):          Â = (r − mean_batch r) / (std_batch r + eps)
+    baseline=True  ("REINFORCE++-baseline"): A' = r − mean_group(r),
+                                             Â = (A' − mean_batch A') / (std_batch A' + eps)
+
+  The group mean removes each prompt's difficulty; the batch statistics, unlike GRPO's per-group std, do not
+  depend on the sample being normalized (the paper's argument against the bias of local normalization).
+  Statistics are over the B·G completions (each once): for outcome rewards with the KL in the loss (or
+  `kl_in_reward`, the paper's form of the KL), every token of a completion has the same return, and the
+  paper's token-level normalization differs only by weighting completions by their length. std is unbiased
+  (ddof=1), as everywhere in this module.
+  """
+  r = rewards_BxG.astype(jnp.promote_types(rewards_BxG.dtype, jnp.float32))
+  if baseline:
+    r = jax.vmap(_centered)(r) if r.shape[1] > 1 else jnp.zeros_like(r)
+  return _batch_whiten(r, eps)
 
 
 def _one_group_process(r_GxK, end_GxK, m_GxK, T: int, eps: float):

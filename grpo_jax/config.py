@@ -14,9 +14,15 @@ import re
 
 import ml_collections
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 SCALES = ("group", "batch", "none")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+             "token-mean-global")
+LOSS_TYPES = ("grpo", "cispo", "gmpo", "sapo")
+COV_CONTROLS = ("none", "clip_cov", "kl_cov")
+ROLLOUT_IS = ("none", "tis", "mis")
+ROLLOUT_IS_LEVELS = ("token", "sequence")
+LOGPROBS_MODES = ("full", "truncated")
 KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
 RATIO_LEVELS = ("token", "sequence")
 OLD_LOGP = ("sampler", "rescore")
@@ -101,13 +107,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   g = c.grpo
   _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 (a group needs a baseline), got {g.group_size}")
   _check(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
-  _check(0 <= g.clip_low < 1, "grpo.clip_low", f"must be in [0, 1), got {g.clip_low}")
+  _check(0 <= g.clip_low < 1 or g.loss_type == "gmpo" and g.clip_low >= 0
+         or g.loss_type == "cispo" and 0 <= g.clip_low <= 1, "grpo.clip_low",
+         f"must be in [0, 1) ([0, 1] for loss_type='cispo', >= 0 for 'gmpo'), got {g.clip_low}")
   _check(g.clip_high >= 0, "grpo.clip_high", f"must be >= 0, got {g.clip_high}")
   _check(g.clip_c is None or g.clip_c > 1, "grpo.clip_c", f"must be None or > 1, got {g.clip_c}")
   _check(g.num_iterations >= 1, "grpo.num_iterations", f"must be >= 1, got {g.num_iterations}")
   _check(g.ref_reset_every >= 0, "grpo.ref_reset_every", "must be >= 0 (0: never)")
   _check(g.norm_len is None or g.agg == "seq-mean-token-sum-norm", "grpo.norm_len",
          "is only used with agg='seq-mean-token-sum-norm'")
+  _validate_objective(c)
 
   r = c.rollout
   _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
@@ -152,6 +161,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.sft.steps:
     _check(c.sft.batch_size % batch_shards == 0, "sft.batch_size",
            f"{c.sft.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
+
+
+def _validate_objective(c) -> None:
+  """The knobs of the newer objectives, rollout correction, dynamic sampling and chunked log-probs."""
+  g = c.grpo
+  _one_of(c, "grpo.loss_type", LOSS_TYPES)
+  _one_of(c, "grpo.cov_control", COV_CONTROLS)
+  _one_of(c, "grpo.rollout_is", ROLLOUT_IS)
+  _one_of(c, "grpo.rollout_is_level", ROLLOUT_IS_LEVELS)
+  _one_of(c, "rollout.logprobs_mode", LOGPROBS_MODES)
+  _check(g.scale != "batch" or g.estimator == "grpo", "grpo.scale",
+         f"'batch' only applies to estimator='grpo' (got estimator={g.estimator!r}; the REINFORCE++ "
+         "estimators are batch-normalized already)")
+  if g.loss_type != "grpo":
+    for key, off, what in (("ratio_level", "token", "GSPO's sequence ratio"), ("clip_c", None, "dual clip"),
+                           ("cov_control", "none", "Clip-Cov / KL-Cov")):
+      _check(g[key] == off, f"grpo.{key}", f"{g[key]!r} ({what}) modifies the GRPO clip and needs "
+             f"grpo.loss_type='grpo', got loss_type={g.loss_type!r}")
+  _check(g.sapo_tau_pos > 0 and g.sapo_tau_neg > 0, "grpo.sapo_tau_pos",
+         f"SAPO temperatures must be > 0, got sapo_tau_pos={g.sapo_tau_pos}, sapo_tau_neg={g.sapo_tau_neg}")
+  _check(0 < g.cov_ratio <= 1, "grpo.cov_ratio", f"must be in (0, 1], got {g.cov_ratio}")
+  _check(len(g.cov_bounds) == 2 and g.cov_bounds[0] < g.cov_bounds[1], "grpo.cov_bounds",
+         f"must be (omega_low, omega_high) with omega_low < omega_high, got {tuple(g.cov_bounds)}")
+  _check(g.kl_cov_coef >= 0, "grpo.kl_cov_coef", f"must be >= 0, got {g.kl_cov_coef}")
+  _check(math.isfinite(g.entropy_coef), "grpo.entropy_coef", f"must be finite, got {g.entropy_coef}")
+  _check(g.rollout_is == "none" or g.old_logp == "rescore", "grpo.rollout_is",
+         f"{g.rollout_is!r} weighs the trainer's old log-probs against the sampler's: set "
+         "grpo.old_logp='rescore'")
+  _check(g.rollout_is_threshold > 1, "grpo.rollout_is_threshold",
+         f"must be > 1, got {g.rollout_is_threshold}")
+  _check(not g.dynamic_sampling or g.dynamic_sampling_max_rounds >= 1, "grpo.dynamic_sampling_max_rounds",
+         f"must be >= 1, got {g.dynamic_sampling_max_rounds}")
+  _check(isinstance(g.logprob_chunk, int) and g.logprob_chunk >= 0, "grpo.logprob_chunk",
+         f"must be an int >= 0 (0: unchunked), got {g.logprob_chunk!r}")
 
 
 def reward_fn(config: ml_collections.ConfigDict, name: str):

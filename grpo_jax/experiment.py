@@ -51,14 +51,20 @@ def loss_config(c) -> train_lib.LossConfig:
   return train_lib.LossConfig(
       beta=0.0 if g.kl_in_reward else float(g.beta), kl_kind=g.kl_kind, clip_low=g.clip_low,
       clip_high=g.clip_high, clip_c=g.clip_c, ratio_level=g.ratio_level, agg=g.agg,
-      norm_len=g.norm_len, temperature=c.rollout.temperature)
+      norm_len=g.norm_len, temperature=c.rollout.temperature, loss_type=g.loss_type,
+      sapo_tau=(float(g.sapo_tau_pos), float(g.sapo_tau_neg)), cov_control=g.cov_control,
+      cov_ratio=float(g.cov_ratio), cov_bounds=tuple(float(b) for b in g.cov_bounds),
+      kl_cov_coef=float(g.kl_cov_coef), entropy_coef=float(g.entropy_coef),
+      logprob_chunk=int(g.logprob_chunk))
 
 
 def advantage_config(c) -> train_lib.AdvantageConfig:
   g = c.grpo
   return train_lib.AdvantageConfig(
       estimator=g.estimator, scale=g.scale, kl_in_reward=g.kl_in_reward, beta=float(g.beta),
-      kl_kind=g.kl_kind, filter_zero_std=g.filter_zero_std, mask_truncated=g.mask_truncated)
+      kl_kind=g.kl_kind, filter_zero_std=g.filter_zero_std, mask_truncated=g.mask_truncated,
+      rollout_is=g.rollout_is, rollout_is_level=g.rollout_is_level,
+      rollout_is_threshold=float(g.rollout_is_threshold), logprob_chunk=int(g.logprob_chunk))
 
 
 def build_experiment(c) -> Experiment:

@@ -158,7 +158,7 @@ def train(config, workdir: str) -> dict:
   _record_config(workdir, c, start)
   runner = _reward_runner(c)
   correct_fn = config_lib.reward_fn(c, c.rewards.correctness)
-  rollout_fn = _sampler(exp, c.rollout.temperature)
+  rollout_fn = _sampler(exp, c.rollout.temperature, logprobs_mode=c.rollout.logprobs_mode)
   greedy_fn = _sampler(exp, 0.0)
   eval_sample_fn = _sampler(exp, c.eval.temperature) if c.eval.k else None
   eval_rng = jax.random.PRNGKey(c.seed + 1)
@@ -180,12 +180,23 @@ def train(config, workdir: str) -> dict:
     writer.write(0, meta["eval_before"])
   last_eval = None
   rollout_key = jax.random.PRNGKey(c.seed + 2)
+  refill_key = jax.random.PRNGKey(c.seed + 3)  # dynamic sampling's extra draws
   for step in range(start, c.train.num_steps):
     t0 = time.time()
-    examples = next(exp.iterator)
-    ro = rollout_lib.rollout(rollout_fn, state.params, examples, exp.tokenizer, runner,
-                             jax.random.fold_in(rollout_key, step), group_size=c.grpo.group_size,
-                             prompt_len=c.rollout.prompt_len, fmt=exp.fmt)
+
+    def draw(i, step=step, params=state.params):  # this step's i-th batch of prompts; 0: the plain rollout
+      key = (jax.random.fold_in(rollout_key, step) if i == 0
+             else jax.random.fold_in(jax.random.fold_in(refill_key, step), i))
+      return rollout_lib.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
+                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt)
+
+    refill_metrics = {}
+    if c.grpo.dynamic_sampling:
+      ro, refill_metrics = rollout_lib.refill_rollout(
+          draw, num_groups=c.rollout.prompts_per_step, group_size=c.grpo.group_size,
+          max_rounds=c.grpo.dynamic_sampling_max_rounds)
+    else:
+      ro = draw(0)
     t_rollout = time.time() - t0
     batch = trainer.shard_batch(ro.batch)
     batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
@@ -197,6 +208,7 @@ def train(config, workdir: str) -> dict:
     if c.grpo.ref_reset_every and done % c.grpo.ref_reset_every == 0 and ref_params is not None:
       ref_params = jax.tree.map(lambda x: x.copy(), state.params)  # iterative GRPO (DeepSeekMath §4.1.4)
     metrics = {**train_metrics, **jax.device_get(prep_metrics), **ro.reward_metrics, **ro.metrics,
+               **refill_metrics,
                "time/rollout_s": t_rollout, "time/train_s": t_train, "time/step_s": time.time() - t0,
                "throughput/completion_tokens_per_s": ro.metrics["completion_tokens"] / max(t_rollout, 1e-9)}
     evaluated = None

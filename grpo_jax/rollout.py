@@ -9,6 +9,7 @@ Shapes: B prompts, G group size, N = B*G, P prompt length (a fixed bucket), T co
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -95,6 +96,70 @@ def rollout(generate_fn: Callable, params, examples: Sequence[dict], tokenizer, 
   return Rollout(batch=batch, rewards_BxG=rewards, valid_N=np.asarray(result.valid, bool),
                  prompts=prompts, completions=completions, reward_metrics=result.metrics(),
                  metrics=metrics)
+
+
+def informative_groups(rewards_BxG: np.ndarray, valid_BxG: np.ndarray) -> np.ndarray:
+  """bool [B]: groups with at least two valid samples whose rewards are not all equal — the groups with a
+  learning signal (a group with equal rewards has zero group-relative advantages)."""
+  r = np.where(valid_BxG, rewards_BxG, np.nan)
+  with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no valid sample
+    spread = np.nanmax(r, axis=1) - np.nanmin(r, axis=1)
+  return (valid_BxG.sum(axis=1) >= 2) & (spread > 0)
+
+
+def take_groups(parts: Sequence[Rollout], picks: Sequence[tuple[int, int]], group_size: int) -> Rollout:
+  """The rollout made of groups `picks` = [(part, group), ...] of `parts`, in that order. Per-sample fields
+  follow their groups; `reward_metrics` and `metrics` are those of `parts[0]` (the policy's plain sample,
+  comparable to a run without refills), with `completion_tokens` summed over all parts (the tokens the
+  sampler produced)."""
+  rows = [(p, g * group_size + j) for p, g in picks for j in range(group_size)]
+  batch = {k: np.stack([parts[p].batch[k][i] for p, i in rows]) for k in parts[0].batch}
+  metrics = dict(parts[0].metrics)
+  metrics["completion_tokens"] = float(sum(r.metrics["completion_tokens"] for r in parts))
+  return Rollout(batch=batch,
+                 rewards_BxG=np.stack([parts[p].rewards_BxG[g] for p, g in picks]),
+                 valid_N=np.asarray([parts[p].valid_N[i] for p, i in rows], bool),
+                 prompts=[parts[p].prompts[i] for p, i in rows],
+                 completions=[parts[p].completions[i] for p, i in rows],
+                 reward_metrics=dict(parts[0].reward_metrics), metrics=metrics)
+
+
+def refill_rollout(draw: Callable[[int], Rollout], *, num_groups: int, group_size: int,
+                   max_rounds: int) -> tuple[Rollout, dict[str, float]]:
+  """DAPO dynamic sampling (Yu et al. 2025, §3.2): keep sampling until the batch holds `num_groups` groups
+  whose rewards are not all equal, instead of training on (or masking) the uninformative ones.
+
+  `draw(i)` returns the i-th rollout of this step (fresh prompts, its own key); up to `max_rounds` are drawn,
+  stopping as soon as enough informative groups (`informative_groups`) are collected. The batch is the
+  first `num_groups` of them, in sampling order; when the rounds run out first, it is filled with
+  uninformative groups of the earliest rounds (their advantages are 0; `grpo.filter_zero_std` masks them).
+  The shapes never change, so nothing recompiles.
+
+  Returns `(rollout, metrics)`: dynamic_sampling/rounds (draws made), informative_frac (of all groups
+  sampled), discarded_groups (sampled, not trained on) and short_groups (uninformative groups left in the
+  batch: 0 when the refill succeeded).
+  """
+  if max_rounds < 1:
+    raise ValueError(f"refill_rollout: max_rounds must be >= 1, got max_rounds={max_rounds!r}")
+  parts, kept, spare = [], [], []
+  for i in range(max_rounds):
+    r = draw(i)
+    parts.append(r)
+    info = informative_groups(r.rewards_BxG, r.valid_N.reshape(r.rewards_BxG.shape))
+    kept += [(i, g) for g in np.flatnonzero(info)]
+    spare += [(i, g) for g in np.flatnonzero(~info)]
+    if len(kept) >= num_groups:
+      break
+  picks = kept[:num_groups] + spare[:max(num_groups - len(kept), 0)]
+  sampled = sum(r.rewards_BxG.shape[0] for r in parts)
+  metrics = {
+      "dynamic_sampling/rounds": float(len(parts)),
+      "dynamic_sampling/informative_frac": len(kept) / sampled,
+      "dynamic_sampling/discarded_groups": float(sampled - len(picks)),
+      "dynamic_sampling/short_groups": float(max(num_groups - len(kept), 0)),
+  }
+  return take_groups(parts, picks, group_size), metrics
 
 
 def sample_table(r: Rollout, n: int = 4) -> list[dict[str, Any]]:

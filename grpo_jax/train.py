@@ -26,8 +26,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from grpo_jax import advantages as adv_lib
+from grpo_jax import correction
 from grpo_jax import hostmem
 from grpo_jax import losses
+from grpo_jax.chunked_logprobs import chunked_logprobs
 from grpo_jax import sharding as shd
 from grpo_jax import model as model_lib
 from grpo_jax.model import positions_from_mask
@@ -43,7 +45,7 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Static GRPO objective settings (see `losses.grpo_loss`)."""
+  """Static GRPO objective settings (see `losses.grpo_loss` / `losses.policy_loss`)."""
 
   beta: float = 0.0
   kl_kind: str = "k3"
@@ -51,14 +53,22 @@ class LossConfig:
   clip_high: float = 0.2
   clip_c: float | None = None
   ratio_level: str = "token"
-  agg: str = "seq-mean-token-mean"
+  agg: str = "seq-mean-token-mean"  # "token-mean-global": by the rollout's token count (`tokens_per_seq`)
   norm_len: int | None = None
   temperature: float = 1.0  # the sampling temperature: logits are scored at the same temperature
+  loss_type: str = "grpo"  # grpo | cispo | gmpo | sapo
+  sapo_tau: tuple[float, float] = (1.0, 1.05)  # SAPO (tau_pos, tau_neg)
+  cov_control: str = "none"  # none | clip_cov | kl_cov (Cui et al. 2025)
+  cov_ratio: float = 2e-4  # fraction of tokens Clip-Cov detaches / KL-Cov penalizes
+  cov_bounds: tuple[float, float] = (1.0, 5.0)  # Clip-Cov's covariance band
+  kl_cov_coef: float = 1.0  # KL-Cov's coefficient of |log ratio|
+  entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * aggregate(entropy)
+  logprob_chunk: int = 0  # completion positions per LM-head chunk (`chunked_logprobs`); 0: unchunked
 
 
 @dataclasses.dataclass(frozen=True)
 class AdvantageConfig:
-  """Static settings of the per-rollout preparation (advantages and sequence filters)."""
+  """Static settings of the per-rollout preparation (advantages, sequence filters, rollout correction)."""
 
   estimator: str = "grpo"
   scale: str = "group"
@@ -68,6 +78,10 @@ class AdvantageConfig:
   kl_kind: str = "k3"
   filter_zero_std: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
   mask_truncated: bool = False  # DAPO overlong filtering: drop completions without EOS
+  rollout_is: str = "none"  # none | tis | mis: sampler/trainer mismatch correction (`correction`)
+  rollout_is_level: str = "token"  # token | sequence
+  rollout_is_threshold: float = 2.0  # C: TIS truncates at C, MIS keeps ratios in [1/C, C]
+  logprob_chunk: int = 0  # as LossConfig.logprob_chunk, for the re-scoring and reference forwards
 
 
 def make_optimizer(lr: float, *, warmup_steps: int = 0, total_steps: int = 1, schedule: str = "constant",
@@ -86,39 +100,68 @@ def make_optimizer(lr: float, *, warmup_steps: int = 0, total_steps: int = 1, sc
   return tx, sched
 
 
-def completion_logprobs(graphdef, params, prompt_tokens, prompt_mask, tokens, mask, temperature):
-  """Teacher-forced log-probs of the completion under `params`: `[N, T]` float32 (and entropy)."""
+def completion_logprobs(graphdef, params, prompt_tokens, prompt_mask, tokens, mask, temperature,
+                        chunk: int = 0, entropy_grad: bool = True):
+  """Teacher-forced log-probs and entropies of the completion under `params`: two `[N, T]` float32.
+
+  With `chunk` > 0 the LM head and its reductions run `chunk` positions at a time
+  (`chunked_logprobs.chunked_logprobs`: no `[N, T, V]` logits, forward or backward); `entropy_grad=False`
+  then makes the entropy a stop-gradient metric. Unchunked, the logits are one `[N, T, V]` array.
+  """
   model = nnx.merge(graphdef, params)
   p = prompt_tokens.shape[1]
   full_tokens = jnp.concatenate([prompt_tokens, tokens], axis=1)
   full_mask = jnp.concatenate([prompt_mask, mask], axis=1)
   hidden = model(full_tokens, positions_from_mask(full_mask), full_mask, return_hidden=True)
   # Position P-1+t predicts completion token t: only those T positions are projected to logits.
-  logits = model.logits(hidden[:, p - 1:-1])
+  hidden = hidden[:, p - 1:-1]
+  if chunk:
+    return chunked_logprobs(model.logits, hidden, tokens, temperature, chunk, entropy_grad)
+  logits = model.logits(hidden)
   return (losses.token_logprobs(logits, tokens, temperature),
           losses.token_entropy(logits, temperature))
 
 
 def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, group_size: int,
                   cfg: AdvantageConfig, rescore_old: bool, temperature: float):
-  """Per-rollout, on device: old/reference log-probs, (KL-shaped) rewards, advantages, loss mask.
+  """Per-rollout, on device: old/reference log-probs, (KL-shaped) rewards, advantages, loss mask, rollout
+  correction weights and the token count of "token-mean-global".
 
   Args:
     batch: dict with prompt_tokens/prompt_mask `[N, P]`, tokens/mask `[N, T]`, and `old_logp [N, T]`
       from the sampler (replaced by a re-scoring under `params` when `rescore_old`).
     rewards_BxG: float32 rewards; valid_N: bool, False for samples dropped by the reward runner.
+  Returns `(batch, metrics)`; the batch gains
+    behaviour_logp [N, T]  the sampler's log-probs μ (the input old_logp), whatever `rescore_old` is;
+    old_logp, ref_logp, advantages, loss_mask  (see the module docstring);
+    tokens_per_seq [N]     Σ loss_mask / N of the whole rollout, in every row (`loss_fn`'s
+                           "token-mean-global" denominator: a microbatch of n rows divides by n · it);
+    is_weight [N, T]       with `cfg.rollout_is` != "none" (needs `rescore_old`): the correction weights
+                           of π_θold/μ (`correction.rollout_is_weights`).
+  Metrics add `correction.mismatch_metrics` (π_θold vs μ) when `rescore_old`, and the weights' statistics.
   """
+  if cfg.rollout_is != "none" and not rescore_old:
+    raise ValueError(f"prepare_batch: rollout_is={cfg.rollout_is!r} weighs the trainer's π_θold against the "
+                     "sampler's log-probs and needs rescore_old=True (grpo.old_logp='rescore')")
   out = dict(batch)
-  args = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], batch["mask"], temperature)
+  args = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], batch["mask"], temperature,
+          cfg.logprob_chunk)
+  out["behaviour_logp"] = jax.lax.stop_gradient(batch["old_logp"])
+  metrics = {}
   if rescore_old:
     out["old_logp"] = completion_logprobs(graphdef, params, *args)[0]
+    metrics.update(correction.mismatch_metrics(out["old_logp"], out["behaviour_logp"], batch["mask"]))
   out["old_logp"] = jax.lax.stop_gradient(out["old_logp"])
   mask = batch["mask"].astype(jnp.float32)
   need_ref = ref_params is not None
   out["ref_logp"] = (completion_logprobs(graphdef, ref_params, *args)[0] if need_ref
                      else jnp.zeros_like(out["old_logp"]))
+  if cfg.rollout_is != "none":
+    out["is_weight"], is_metrics = correction.rollout_is_weights(
+        out["old_logp"], out["behaviour_logp"], batch["mask"], mode=cfg.rollout_is,
+        level=cfg.rollout_is_level, threshold=cfg.rollout_is_threshold)
+    metrics.update(is_metrics)
   rewards = rewards_BxG
-  metrics = {}
   if cfg.kl_in_reward and need_ref:
     kl_N = jnp.sum(losses.kl_penalty(out["old_logp"], out["ref_logp"], cfg.kl_kind) * mask, axis=1)
     rewards = rewards - cfg.beta * kl_N.reshape(rewards.shape)
@@ -134,23 +177,48 @@ def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, 
     keep_N = keep_N & ~truncated_N
   out["advantages"] = advantages.reshape(-1)
   out["loss_mask"] = mask * keep_N[:, None].astype(jnp.float32)
+  n = mask.shape[0]
+  out["tokens_per_seq"] = jnp.full((n,), jnp.sum(out["loss_mask"]) / n, jnp.float32)
   metrics["frac_kept"] = jnp.mean(keep_N.astype(jnp.float32))
   metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(advantages))
   return out, metrics
 
 
+def global_token_count(mb, cfg: LossConfig):
+  """The "token-mean-global" denominator of a microbatch of n rows: n · `tokens_per_seq`, its share of the
+  rollout's loss tokens (None for the other aggregations). `train_step` averages the microbatch losses, so
+  a full batch split into any number of equal microbatches gives Σ_all ℓ·m / Σ_all m, the full-batch token
+  mean; with M minibatches per rollout each update divides by (N/M)·(Σ_rollout m / N), so every token of
+  the rollout has the same weight in every update, whatever minibatch it lands in."""
+  if cfg.agg != "token-mean-global":
+    return None
+  if "tokens_per_seq" not in mb:
+    raise ValueError("agg='token-mean-global' needs the batch field tokens_per_seq [N] (Σ loss_mask / N of "
+                     "the whole batch, in every row), which prepare_batch adds")
+  # max, not mean: every row holds the same value, and a max of equal floats is exact.
+  return mb["tokens_per_seq"].shape[0] * jnp.max(mb["tokens_per_seq"])
+
+
 def loss_fn(params, graphdef, mb, cfg: LossConfig):
-  """GRPO loss of one microbatch (dict as `Batch`), returning `(loss, metrics)`."""
+  """GRPO loss of one microbatch (dict as `Batch`), returning `(loss, metrics)`. Uses the batch's
+  `is_weight` (rollout correction) and `tokens_per_seq` ("token-mean-global") when they are present."""
   logp, entropy = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_mask"],
-                                      mb["tokens"], mb["mask"], cfg.temperature)
+                                      mb["tokens"], mb["mask"], cfg.temperature, cfg.logprob_chunk,
+                                      entropy_grad=cfg.entropy_coef != 0)
   ref_logp = mb["ref_logp"] if cfg.beta else None
+  noise = (losses.token_uniform_noise(mb["tokens"], mb["old_logp"]) if cfg.cov_control == "clip_cov"
+           else None)
   loss, metrics = losses.grpo_loss(
       logp, mb["old_logp"], ref_logp, mb["advantages"], mb["loss_mask"], beta=cfg.beta,
       kl_kind=cfg.kl_kind, clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c,
-      ratio_level=cfg.ratio_level, agg=cfg.agg, norm_len=cfg.norm_len)
+      ratio_level=cfg.ratio_level, agg=cfg.agg, norm_len=cfg.norm_len,
+      num_tokens=global_token_count(mb, cfg), loss_type=cfg.loss_type, is_weight=mb.get("is_weight"),
+      sapo_tau=cfg.sapo_tau, cov_control=cfg.cov_control, cov_ratio=cfg.cov_ratio,
+      cov_bounds=cfg.cov_bounds, kl_cov_coef=cfg.kl_cov_coef, cov_noise=noise,
+      entropy=entropy if cfg.entropy_coef else None, entropy_coef=cfg.entropy_coef)
   m = mb["loss_mask"]
   metrics = dict(metrics)
-  metrics["entropy"] = jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0)
+  metrics["entropy"] = jax.lax.stop_gradient(jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0))
   return loss, metrics
 
 
