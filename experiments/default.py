@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Apply the stacked blocks with a lax.scan (compile time independent of depth; the default for deep
   # models and accelerators) or unrolled (False: faster steps on a CPU, compile grows with depth).
   c.model.scan_layers = True
+  # The same for the sampler's prefill and decode steps (False: per-layer caches, faster on a CPU).
+  c.model.scan_decode = True
   # Rematerialization in the backward pass: "none", "full" (keep each block's input only), "dots"
   # (keep matmul outputs) or "dots_no_batch" (keep weight matmuls, recompute attention).
   c.model.remat = "none"

@@ -37,11 +37,13 @@ def build_model(c, tokenizer, mesh):
   if c.model.source == "hf":
     from grpo_jax import hf
     model = hf.from_pretrained(c.model.path, jnp.dtype(c.model.dtype), mesh=mesh,
-                               scan_layers=c.model.scan_layers, remat=c.model.remat)
+                               scan_layers=c.model.scan_layers, scan_decode=c.model.scan_decode,
+                               remat=c.model.remat)
     return nnx.split(model)
   tiny = dict(c.model.tiny)
   cfg = ModelConfig.tiny(vocab_size=tokenizer.vocab_size, dtype=c.model.dtype,
                          param_dtype=c.model.param_dtype, scan_layers=c.model.scan_layers,
+                         scan_decode=c.model.scan_decode,
                          remat=c.model.remat, **tiny)
   return shd.init_sharded(lambda: Decoder(cfg, nnx.Rngs(params=c.seed)), mesh)
 

@@ -216,7 +216,7 @@ def read_hf_config(path) -> dict:
 
 
 def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, scan_layers: bool = True,
-                    remat: str = "none") -> model_lib.Decoder:
+                    scan_decode: bool = True, remat: str = "none") -> model_lib.Decoder:
   """A `Decoder` from a local Hugging Face directory (config.json + *.safetensors).
 
   Args:
@@ -224,7 +224,7 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, sc
     dtype: activation dtype; `param_dtype` (default `dtype`) is what parameters are stored in.
     mesh: a `(data, fsdp, tensor)` mesh (`grpo_jax.sharding.make_mesh`); parameters are placed
       directly into `grpo_jax.sharding.param_shardings`. None: the default device.
-    scan_layers, remat: how the forward applies the layers (`grpo_jax.model.ModelConfig`).
+    scan_layers, scan_decode, remat: how forwards apply the layers (`grpo_jax.model.ModelConfig`).
 
   The returned module has `hf_config_json` (the source config, a static string attribute that
   survives `nnx.split`/`nnx.merge`) so that `save_pretrained` writes the same config back.
@@ -233,7 +233,7 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, sc
   path = os.fspath(path)
   hf_config = read_hf_config(path)
   config = dataclasses.replace(config_from_hf(hf_config, dtype, param_dtype), scan_layers=scan_layers,
-                               remat=remat)
+                               scan_decode=scan_decode, remat=remat)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, nnx.Rngs(0))))
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -341,8 +341,8 @@ def _config_for_save(model, hf_config):
     d = _config_dict(source)
     cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
     derived = dataclasses.replace(config_from_hf(cfg, model.config.dtype, model.config.param_dtype),
-                                  scan_layers=True)
-    ours = dataclasses.replace(model.config, remat="none", scan_layers=True)
+                                  scan_layers=True, scan_decode=True)
+    ours = dataclasses.replace(model.config, remat="none", scan_layers=True, scan_decode=True)
     if derived != ours:
       diff = {f.name: (getattr(derived, f.name), getattr(ours, f.name))
               for f in dataclasses.fields(ours) if getattr(derived, f.name) != getattr(ours, f.name)}

@@ -293,7 +293,7 @@ def make_generate_fn(graphdef, *, max_new_tokens: int, temperature: float = 1.0,
     if mesh is not None:
       cache = jax.lax.with_sharding_constraint(cache, _cache_sharding(mesh, cache))
     # Unrolled layers: their weights are sliced once, here, outside the decode loop.
-    layers = None if model.config.scan_layers else model.unstacked()
+    layers = None if model.config.scan_decode else model.unstacked()
     if p > 1:
       _, cache = model(prompt_tokens_BxP[:, :-1], positions_from_mask(prompt_mask_BxP)[:, :-1],
                        prompt_mask_BxP[:, :-1], cache, return_hidden=True, layers=layers)

@@ -47,10 +47,10 @@ def test_positions_from_mask():
   np.testing.assert_array_equal(positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_decode", [True, False])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_cache_decode_equals_full_forward(variant, scan_layers):
-  model = _random_model(_tiny(scan_layers=scan_layers, **VARIANTS[variant]))
+def test_cache_decode_equals_full_forward(variant, scan_decode):
+  model = _random_model(_tiny(scan_decode=scan_decode, **VARIANTS[variant]))
   tokens, mask = _left_padded(model.config.vocab_size)
   positions = positions_from_mask(mask)
   full = _forward(model, tokens, positions, mask)
@@ -88,7 +88,7 @@ def test_unrolled_layers_equal_the_layer_scan():
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(a).max())), g0, g1)
   assert isinstance(KVCache.init(config, 3, 4).k, jax.Array)
-  assert isinstance(KVCache.init(_tiny(scan_layers=False), 3, 4).k, tuple)
+  assert isinstance(KVCache.init(_tiny(scan_decode=False), 3, 4).k, tuple)
 
 
 def _hf_llama3_inv_freq(head_dim, theta, factor, low, high, original):

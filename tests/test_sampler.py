@@ -352,12 +352,12 @@ def test_sharded_matches_unsharded(model, prompts, temperature):
 
 
 def test_unrolled_layers_sample_the_same(prompts):
-  """The per-layer-buffer cache of `scan_layers=False` (unrolled decode) and the stacked cache of the layer
+  """The per-layer-buffer cache of `scan_decode=False` (unrolled decode) and the stacked cache of the layer
   scan hold the same keys and values: same samples, same log-probs, on a mesh too."""
   config = ModelConfig.tiny(vocab_size=V, num_layers=3)
   scanned = testing.random_model(config, 3)
   graphdef = nnx.split(nnx.eval_shape(lambda: testing.random_model(
-      ModelConfig.tiny(vocab_size=V, num_layers=3, scan_layers=False), 3)))[0]
+      ModelConfig.tiny(vocab_size=V, num_layers=3, scan_decode=False), 3)))[0]
   unrolled = nnx.merge(graphdef, nnx.state(scanned))
   a = sampler.generate(scanned, *prompts, _keys(9), **SAMPLED)
   b = sampler.generate(unrolled, *prompts, _keys(9), **SAMPLED)

@@ -22,9 +22,11 @@ def main():
   ap.add_argument("--steps", type=int, default=9)
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument("--profile_dir", default="", help="write a jax.profiler trace of the last step here")
-  ap.add_argument("--layers", choices=("unrolled", "scan"), default="unrolled",
-                  help="ModelConfig.scan_layers: unrolled (faster on a CPU) or the layer scan (the default, "
-                       "compile time independent of depth)")
+  ap.add_argument("--decode", choices=("unrolled", "scan"), default="unrolled",
+                  help="ModelConfig.scan_decode: unrolled decode layers (faster on a CPU) or the layer scan (the "
+                       "default: a generate program independent of depth)")
+  ap.add_argument("--remat", default="dots", help="ModelConfig.remat of the update (dots: no slower here, "
+                                                   "-130 MiB of activations)")
   ap.add_argument("--dtype", default="float32", help="activation/matmul dtype (bfloat16: bf16 matmuls)")
   ap.add_argument("--compilation_cache", default="",
                   help="JAX persistent compilation cache folder (a warm cache skips the XLA compiles)")
@@ -49,7 +51,7 @@ def main():
   prompts = common.load_prompts(args.data_dir)
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   model = hf.from_pretrained(model_dir, jnp.dtype(args.dtype), mesh=mesh, param_dtype=jnp.float32,
-                             scan_layers=args.layers == "scan")
+                             scan_decode=args.decode == "scan", remat=args.remat)
   graphdef, params = nnx.split(model)
   tokenizer = hf.load_tokenizer(model_dir)
   tx, schedule = train.make_optimizer(c.LEARNING_RATE, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
@@ -99,7 +101,7 @@ def main():
 
   timed = phases[args.warmup:]
   phase_median = {k: float(np.median([p[k] for p in timed])) for k in timed[0]}
-  impl = ("grpo_jax" + ("-scan" if args.layers == "scan" else "") + ("-bf16" if args.dtype != "float32" else "")
+  impl = ("grpo_jax" + ("-scan-decode" if args.decode == "scan" else "") + ("-bf16" if args.dtype != "float32" else "")
           + ("-warm-cache" if args.compilation_cache else ""))
   common.emit(common.summarize(impl, step_times, warmup=args.warmup, cpu_times=cpu_times, extra={
       "version": grpo_jax.__version__, "jax": jax.__version__, "setup_s": setup_s,
