@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,6 +26,8 @@ flags.DEFINE_bool("tpu_auto", False, "Discover the multi-host Cloud TPU topology
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/grpo_jax/xla"),
                     "JAX persistent compilation cache directory ('' disables it): a restarted or "
                     "repeated run skips XLA compilation.")
+flags.DEFINE_bool("fresh_start", False, "Start from scratch when the workdir's checkpoints are all unusable "
+                  "(otherwise the run refuses); the unusable ones are moved to checkpoints/corrupt/.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -41,7 +44,17 @@ def main(argv):
   from grpo_jax import loop  # imported after jax.distributed is up
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
-  summary = loop.train(FLAGS.config, FLAGS.workdir)
+  try:
+    summary = loop.train(FLAGS.config, FLAGS.workdir, fresh_start=FLAGS.fresh_start)
+  except loop.Preempted as e:
+    print(e)
+    sys.exit(143)
+  except loop.STOP_ERRORS as e:  # each says what happened and what to do: one line, no traceback
+    sys.exit(f"error: {e}")
+  if summary.get("preempted") is not None:
+    print(f"stopped by SIGTERM after step {summary['preempted']} with a checkpoint in {FLAGS.workdir}; "
+          "run the same command to resume")
+    sys.exit(143)  # 128 + SIGTERM: not finished (a job controller must restart it, not mark it done)
   before = (summary.get("eval_before") or {}).get("eval/accuracy")
   after = (summary.get("eval_after") or {}).get("eval/accuracy")
   print(json.dumps(summary, indent=2))
