@@ -124,3 +124,23 @@ def tiny_tmpfs(path: str, size: str = "1m"):
     yield path
   finally:
     subprocess.run(["umount", "-l", path], check=False)
+
+
+def tensorboard_restarts(workdir: str) -> list[int]:
+  """The steps of the SessionLog.START events in the TensorBoard files, oldest file first: at such an
+  event TensorBoard hides the earlier events at or after that step (tensorboardX `purge_step`)."""
+  import glob as glob_lib
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted(glob_lib.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    data = open(path, "rb").read()
+    i = 0
+    while i + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      i += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        out.append(event.step)
+  return out

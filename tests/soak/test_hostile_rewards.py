@@ -134,6 +134,15 @@ def test_a_hostile_batch_does_not_starve_the_symbolic_worker(monkeypatch):
     assert list(result.total) == [1.0] * 4, (result.total, time.monotonic() - start)
 
 
+@pytest.mark.parametrize("pred", [r"(99!)!", "5!!", r"(10^{10})!", r"9^{9^{9}}", "9^9^9", r"2^{10000}",
+                                  "1000!", r"((3!)!)!"])
+def test_exponent_and_factorial_bombs_never_reach_the_symbolic_worker(pred, monkeypatch):
+  def worker_called(*_):
+    raise AssertionError(f"{pred!r} was sent to the symbolic worker")
+  monkeypatch.setattr(math_grading._WORKER, "equal", worker_called)
+  assert math_grading.math_equal("3", pred) is False
+
+
 HOSTILE_MATH = {
     "nested factorial": r"\boxed{(99!)!}",
     "tower 9^9^9^9": r"\boxed{9^{9^{9^{9}}}}",

@@ -95,17 +95,21 @@ def _finish_and_compare(reference_dir, workdir, tmp_path, outcomes):
 
 def test_short_kill_chain_matches_the_uninterrupted_run(tiny_run, tmp_path, soak_record):
   """CI: SIGKILL right after the step-0 row (no checkpoint yet: issue 16's duplicated row), during the
-  asynchronous write of the step-4 checkpoint, during the first update after resuming from step 2, then
-  SIGTERM, then run to the end."""
+  asynchronous write of the step-4 checkpoint, then SIGTERM after resuming from step 2, then run to the
+  end. (Kills during warm start, rollout, update and evaluation: `test_full_kill_soak`.)"""
   reference_dir, _ = tiny_run
   workdir = str(tmp_path / "run")
   outcomes = []
-  for i, (phase, n) in enumerate([("metrics_row", 1), ("ckpt_write", 2), ("update", 1)]):
+  for i, (phase, n) in enumerate([("metrics_row", 1), ("ckpt_write", 2)]):
     outcomes.append(_self_kill(workdir, str(tmp_path / f"{i}.log"), phase, n))
     assert outcomes[-1]["killed"], outcomes
   outcomes.append(_sigterm(workdir, str(tmp_path / "term.log")))
   assert outcomes[-1]["killed"], outcomes
+  resumed_from = outcomes[-1]["last_row"]
   _finish_and_compare(reference_dir, workdir, tmp_path, outcomes)
+  # TensorBoard is told to drop what the killed runs logged past each resumed step: the last restart
+  # (from the SIGTERM checkpoint) purges from the step after it.
+  assert harness.tensorboard_restarts(workdir)[-1] == resumed_from + 1
   soak_record("kills", chain="short", outcomes=outcomes, identical=True)
 
 

@@ -116,14 +116,21 @@ def _assert_write_failure_is_clean(d, c, caplog, soak_record, fault):
   soak_record("storage", fault=fault, survived=True)
 
 
-def test_full_disk_during_async_save(tmp_path, caplog, soak_record):
+def test_full_disk_refuses_the_save_before_writing(tmp_path, caplog, soak_record):
   with harness.tiny_tmpfs(str(tmp_path / "tmpfs")) as mnt:
     d = os.path.join(mnt, "ckpt")
     c = ckpt_lib.Checkpointer(d, keep=1)
     c.save(2, _state(2), _meta(2))
     c.wait()
     filler = _fill(mnt)
-    _assert_write_failure_is_clean(d, c, caplog, soak_record, "full disk (tmpfs) during async save")
+    with caplog.at_level(logging.INFO):
+      with pytest.raises(ckpt_lib.CheckpointWriteError, match=r"step 4.*MB free.*last good checkpoint is "
+                                                                r"step 2"):
+        c.save(4, _state(4), _meta(4))  # at once: nothing was started, nothing half-written
+    assert sorted(os.listdir(d)) == ["2"] and not [r for r in caplog.records if "orbax" in r.pathname
+                                                   and r.levelno >= logging.ERROR]
+    c.close()
+    soak_record("storage", fault="full disk (tmpfs) before a save: refused before writing", survived=True)
     os.remove(filler)
     step, state, _, _ = _restored_step(d, keep=1)
     assert step == 2 and float(state["b"][0]) == 2.0
