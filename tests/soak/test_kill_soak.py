@@ -59,14 +59,16 @@ def _parent_kill(workdir, log, rng):
 
 
 def _sigterm(workdir, log):
-  """SIGTERM once the restarted run has logged a new step (with steps left to do)."""
-  initial = _last_step(workdir)
+  """SIGTERM once the restarted run has logged a new step (with steps left to do): first the rows past
+  its checkpoint disappear (the rewind), then a row after the checkpoint appears."""
+  restored = max(_committed_steps(workdir), default=-1)
   proc = harness.start(workdir, log_path=log)
-  seen = [None]
+  seen, rewound = [None], [False]
 
   def ready():
     seen[0] = _last_step(workdir)
-    return initial < seen[0] < harness.STEPS - 1
+    rewound[0] = rewound[0] or seen[0] <= restored
+    return rewound[0] and restored < seen[0] < harness.STEPS - 1
   sent = harness.sigterm_when(proc, ready)
   if sent is None:
     proc.wait()
