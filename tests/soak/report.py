@@ -34,7 +34,11 @@ def _pytest(args, cwd, env, timeout=5400):
                         env=env, capture_output=True, text=True, timeout=timeout)
   summary = next((line for line in reversed(proc.stdout.splitlines()) if " in " in line and (
       "passed" in line or "failed" in line or "error" in line)), proc.stdout[-200:])
-  return proc.returncode, summary.strip("= "), time.time() - t0, proc.stdout
+  summary = summary.strip("= ")
+  reason = next((line[1:].strip() for line in proc.stdout.splitlines() if line.startswith("E  ")), "")
+  if reason:  # the first failed assertion or error: that the tests fail for the right reason
+    summary += f"; `{reason[:110].replace('|', '/').replace('`', chr(39))}`"
+  return proc.returncode, summary, time.time() - t0, proc.stdout
 
 
 def run_soak(record_path: str):
@@ -144,11 +148,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--write", help="the markdown file to (re)write; default: print")
   parser.add_argument("--no-mutations", action="store_true", help="skip removing each protection")
-  parser.add_argument("--only", help="run only the mutations whose name contains this")
+  parser.add_argument("--only", help="run only the mutations whose name contains this (for a check; do not "
+                      "--write the result)")
+  parser.add_argument("--no-soak", action="store_true", help="skip the soak run (figures left empty)")
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     record = os.path.join(tmp, "figures.jsonl")
-    soak = run_soak(record)
+    soak = (0, "not run", 0.0) if args.no_soak else run_soak(record)
     records = [json.loads(line) for line in open(record)] if os.path.exists(record) else []
   mutations = []
   if not args.no_mutations:
