@@ -46,7 +46,8 @@ MUTATIONS = [
          tests=[SOAK + "test_storage.py::test_failing_writer_during_async_save"]),
     dict(name="TensorStore's 'Event loop is closed' reports muted", file="grpo_jax/checkpoint.py",
          old="  sys.unraisablehook = hook\n", new="",
-         tests=[FAULTS + "test_full_disk_during_async_save_stops_cleanly"]),
+         tests=[SOAK + "test_storage.py::test_closed_event_loop_reports_are_muted_and_nothing_else",
+                FAULTS + "test_full_disk_during_async_save_stops_cleanly"]),
     dict(name="damaged checkpoint: fall back to the previous one", file="grpo_jax/checkpoint.py",
          old="        result = (step, *self._restore_step(step, abstract_state, abstract_ref))\n        break\n"
              "      except Exception as e:",
@@ -76,7 +77,8 @@ MUTATIONS = [
          old="    except BaseException:  # cancelled mid-request (the reward runner gave up): the reply would desync\n"
              "      self._kill()\n",
          new="    except BaseException:  # cancelled mid-request (the reward runner gave up): the reply would desync\n",
-         tests=[SOAK + "test_hostile_rewards.py::test_a_hostile_batch_does_not_starve_the_symbolic_worker"]),
+         tests=[SOAK + "test_hostile_rewards.py::test_a_grader_cancelled_mid_request_does_not_desync_the_worker",
+                SOAK + "test_hostile_rewards.py::test_a_hostile_batch_does_not_starve_the_symbolic_worker"]),
     dict(name="reward output capped", file="grpo_jax/reward_threads.py",
          old="  sys.stdout, sys.stderr = _CappedStream(saved[0]), _CappedStream(saved[1])\n", new="",
          tests=[SOAK + "test_hostile_rewards.py::test_a_reward_fn_printing_megabytes_is_capped"]),

@@ -143,6 +143,26 @@ def test_exponent_and_factorial_bombs_never_reach_the_symbolic_worker(pred, monk
   assert math_grading.math_equal("3", pred) is False
 
 
+def test_a_grader_cancelled_mid_request_does_not_desync_the_worker(monkeypatch):
+  """The runner's Cancelled lands while the grader waits for the worker's reply: the next comparison must
+  get its own answer, not the stale reply to the cancelled request."""
+  from grpo_jax.reward_threads import Cancelled
+  worker = math_grading._SymbolicWorker()
+  try:
+    assert worker.equal("1", "1", timeout_s=60.0) is True  # started (startup is not part of the test)
+    readline = worker._readline
+
+    def cancelled_once(timeout_s):
+      monkeypatch.setattr(worker, "_readline", readline)
+      raise Cancelled
+    monkeypatch.setattr(worker, "_readline", cancelled_once)
+    with pytest.raises(Cancelled):
+      worker.equal(r"\frac{2}{4}", "0.5", timeout_s=30.0)  # its reply (true) is never read
+    assert worker.equal("3", r"\pi", timeout_s=60.0) is False
+  finally:
+    worker._kill()
+
+
 HOSTILE_MATH = {
     "nested factorial": r"\boxed{(99!)!}",
     "tower 9^9^9^9": r"\boxed{9^{9^{9^{9}}}}",

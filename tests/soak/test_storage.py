@@ -136,6 +136,24 @@ def test_full_disk_refuses_the_save_before_writing(tmp_path, caplog, soak_record
     assert step == 2 and float(state["b"][0]) == 2.0
 
 
+def test_closed_event_loop_reports_are_muted_and_nothing_else(monkeypatch):
+  """TensorStore reports each write that completes after Orbax closed a failed save's event loop through
+  sys.unraisablehook: those are muted once a Checkpointer exists; other unraisables still reach the hook."""
+  import sys
+  import types
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  ckpt_lib._mute_closed_loop_reports()
+
+  def report(exc):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                             err_msg=None, object=None))
+  report(RuntimeError("Event loop is closed"))
+  report(RuntimeError("something else"))
+  report(ValueError("Event loop is closed"))
+  assert seen == ["something else", "Event loop is closed"]
+
+
 def test_failing_writer_during_async_save(tmp_path, caplog, monkeypatch, soak_record):
   """The same fault without root: the JSON item's writer raises ENOSPC."""
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as json_handler
