@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_samples_logged = 4  # completions per logged rollout (samples.jsonl)
   c.train.progress_bar = True  # tqdm bar on the console
   c.train.export_hf = False  # write the final policy as a Hugging Face directory
+  # Stop after this many consecutive GRPO steps whose update was skipped (a NaN/Inf loss, gradient or update;
+  # or no sample with a reward): the error names the step and the suspect. A skipped step leaves the state.
+  c.train.max_consecutive_skips = 3
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 10  # held-out evaluation every N steps (0: only at the start and end)
@@ -141,4 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 2  # keep the last K checkpoints ...
   c.checkpoint.best_metric = "eval/accuracy"  # ... plus the best one by this eval metric
   c.checkpoint.async_save = True  # write checkpoints in the background
+  # With checkpoints in the workdir of which none can be restored, a run refuses to start over unless this
+  # is True (or --fresh_start is given): the unusable ones are then moved to checkpoints/corrupt/.
+  c.checkpoint.allow_fresh_start = False
   return c

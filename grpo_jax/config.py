@@ -60,10 +60,24 @@ def _check(cond: bool, key: str, msg: str):
     raise ConfigError(f"config.{key}: {msg}")
 
 
-def _one_of(config, key: str, allowed):
+def _get(config, key: str):
   value = config
   for part in key.split("."):
     value = value[part]
+  return value
+
+
+def _number(config, key: str, ok, allowed: str, *, integer: bool = False):
+  """`config.<key>` must be a finite int (or, unless `integer`, float) with `ok(value)`."""
+  v = _get(config, key)
+  kind = (int,) if integer else (int, float)
+  good = isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+  _check(good, key, f"{v!r} is not allowed; allowed: {'an integer' if integer else 'a finite number'} "
+                    f"{allowed}")
+
+
+def _one_of(config, key: str, allowed):
+  value = _get(config, key)
   _check(value in allowed, key, f"{value!r} is not one of {list(allowed)}")
 
 
@@ -104,25 +118,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _one_of(c, "grpo.kl_kind", KL_KINDS)
   _one_of(c, "grpo.ratio_level", RATIO_LEVELS)
   _one_of(c, "grpo.old_logp", OLD_LOGP)
-  g = c.grpo
-  _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 (a group needs a baseline), got {g.group_size}")
-  _check(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
-  _check(0 <= g.clip_low < 1 or g.loss_type == "gmpo" and g.clip_low >= 0
-         or g.loss_type == "cispo" and 0 <= g.clip_low <= 1, "grpo.clip_low",
-         f"must be in [0, 1) ([0, 1] for loss_type='cispo', >= 0 for 'gmpo'), got {g.clip_low}")
-  _check(g.clip_high >= 0, "grpo.clip_high", f"must be >= 0, got {g.clip_high}")
-  _check(g.clip_c is None or g.clip_c > 1, "grpo.clip_c", f"must be None or > 1, got {g.clip_c}")
-  _check(g.num_iterations >= 1, "grpo.num_iterations", f"must be >= 1, got {g.num_iterations}")
-  _check(g.ref_reset_every >= 0, "grpo.ref_reset_every", "must be >= 0 (0: never)")
+  g, r = c.grpo, c.rollout
+  for key, ok, allowed in (("grpo.group_size", lambda v: v >= 2, ">= 2 (a group needs a baseline)"),
+                           ("grpo.num_iterations", lambda v: v >= 1, ">= 1"),
+                           ("grpo.num_minibatches", lambda v: v >= 1, ">= 1"),
+                           ("grpo.grad_accum", lambda v: v >= 1, ">= 1"),
+                           ("grpo.ref_reset_every", lambda v: v >= 0, ">= 0 (0: never)"),
+                           ("rollout.prompts_per_step", lambda v: v >= 1, ">= 1"),
+                           ("rollout.prompt_len", lambda v: v >= 1, ">= 1"),
+                           ("rollout.max_new_tokens", lambda v: v >= 1, ">= 1"),
+                           ("rollout.top_k", lambda v: v >= 0, ">= 0 (0: off)")):
+    _number(c, key, ok, allowed, integer=True)
+  for key, ok, allowed in (("grpo.beta", lambda v: v >= 0, ">= 0"),
+                           ("grpo.clip_high", lambda v: v >= 0, ">= 0"),
+                           ("rollout.temperature", lambda v: v > 0, "> 0 for GRPO sampling"),
+                           ("rollout.top_p", lambda v: 0 < v <= 1, "in (0, 1] (1: off)"),
+                           ("rollout.min_p", lambda v: 0 <= v < 1, "in [0, 1) (0: off)")):
+    _number(c, key, ok, allowed)
+  _number(c, "grpo.clip_low", lambda v: 0 <= v < 1 or g.loss_type == "gmpo" and v >= 0
+          or g.loss_type == "cispo" and 0 <= v <= 1,
+          "in [0, 1) ([0, 1] for loss_type='cispo', >= 0 for 'gmpo')")
+  if g.clip_c is not None:
+    _number(c, "grpo.clip_c", lambda v: v > 1, "> 1, or None")
   _check(g.norm_len is None or g.agg == "seq-mean-token-sum-norm", "grpo.norm_len",
          "is only used with agg='seq-mean-token-sum-norm'")
   _validate_objective(c)
-
-  r = c.rollout
-  _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
-  _check(r.prompt_len >= 1, "rollout.prompt_len", "must be >= 1")
-  _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
-  _check(r.temperature > 0, "rollout.temperature", "must be > 0 for GRPO sampling")
   n = r.prompts_per_step * g.group_size
   per_update = n // g.num_minibatches if n % g.num_minibatches == 0 else None
   _check(per_update is not None, "grpo.num_minibatches",
@@ -140,7 +160,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check(len(names) >= 1, "rewards.names", "needs at least one reward function")
   _check(len(names) == len(weights), "rewards.weights",
          f"has {len(weights)} entries for {len(names)} reward functions")
+  _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights),
+         "rewards.weights", f"{weights!r} is not allowed; allowed: finite numbers, one per reward function")
   _check(c.rewards.on_error in ("fallback", "drop"), "rewards.on_error", "must be 'fallback' or 'drop'")
+  _number(c, "rewards.timeout_s", lambda v: v > 0, "> 0 (seconds per reward-function call)")
+  _number(c, "rewards.fallback", lambda v: True, "(the reward of a failed sample)")
   for name in (*names, c.rewards.correctness):
     try:
       reward_fn(c, name)
@@ -148,17 +172,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       detail = e.args[0] if e.args else e  # a KeyError's str() would quote the message
       raise ConfigError(f"config.rewards.names: reward function {name!r}: {detail}") from e
 
-  o = c.optim
-  _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-  _check(o.schedule in ("constant", "cosine"), "optim.schedule", "must be 'constant' or 'cosine'")
-  _check(o.grad_clip > 0, "optim.grad_clip", "must be > 0")
-  _check(c.train.num_steps >= 1, "train.num_steps", "must be >= 1")
+  _check(c.optim.schedule in ("constant", "cosine"), "optim.schedule", "must be 'constant' or 'cosine'")
+  for key, ok, allowed in (("optim.lr", lambda v: v > 0, "> 0"),
+                           ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+                           ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+                           ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+                           ("optim.grad_clip", lambda v: v > 0, "> 0"),
+                           ("eval.temperature", lambda v: v >= 0, ">= 0 (0: greedy)"),
+                           ("sft.noise_frac", lambda v: 0 <= v <= 1, "in [0, 1]")):
+    _number(c, key, ok, allowed)
+  for key, ok, allowed in (("optim.warmup_steps", lambda v: v >= 0, ">= 0 (GRPO steps)"),
+                           ("train.num_steps", lambda v: v >= 1, ">= 1"),
+                           ("train.sample_every", lambda v: v >= 0, ">= 0 (0: never)"),
+                           ("train.num_samples_logged", lambda v: v >= 0, ">= 0"),
+                           ("train.max_consecutive_skips", lambda v: v >= 1, ">= 1"),
+                           ("eval.every", lambda v: v >= 0, ">= 0 (0: only at the start and the end)"),
+                           ("eval.num_examples", lambda v: v >= 1, ">= 1"),
+                           ("eval.batch_size", lambda v: v >= 1, ">= 1"),
+                           ("eval.k", lambda v: v >= 0, ">= 0 (0: greedy accuracy only)"),
+                           ("checkpoint.every", lambda v: v >= 1, ">= 1 (GRPO steps)"),
+                           ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+                           ("sft.steps", lambda v: v >= 0, ">= 0 (0: no warm start)")):
+    _number(c, key, ok, allowed, integer=True)
   _check(c.eval.batch_size % batch_shards == 0, "eval.batch_size",
          f"{c.eval.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
-  _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
-  _check(c.sft.steps >= 0, "sft.steps", "must be >= 0")
-  _check(0.0 <= c.sft.noise_frac <= 1.0, "sft.noise_frac", "must be in [0, 1]")
   if c.sft.steps:
+    _number(c, "sft.lr", lambda v: v > 0, "> 0")
+    _number(c, "sft.batch_size", lambda v: v >= 1, ">= 1", integer=True)
     _check(c.sft.batch_size % batch_shards == 0, "sft.batch_size",
            f"{c.sft.batch_size} is not divisible by the {batch_shards} data*fsdp shards")
 
@@ -195,6 +235,24 @@ def _validate_objective(c) -> None:
          f"must be >= 1, got {g.dynamic_sampling_max_rounds}")
   _check(isinstance(g.logprob_chunk, int) and g.logprob_chunk >= 0, "grpo.logprob_chunk",
          f"must be an int >= 0 (0: unchunked), got {g.logprob_chunk!r}")
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv) -> None:
+  """Raises `ConfigError` (one line) for the first `--config.a.b[=v]` in `argv` whose key `config` lacks,
+  naming the full key and the keys that exist where it branches off (for the CLI's unknown-key error)."""
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node, path = config, ["config"]
+    for part in key.split("."):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config.{key}: unknown key ({'.'.join(path)} is a {type(node).__name__}, "
+                          "not a section)")
+      if part not in node:
+        raise ConfigError(f"config.{key}: unknown key; {'.'.join(path)} has: {', '.join(sorted(node))}")
+      node = node[part]
+      path.append(part)
 
 
 def reward_fn(config: ml_collections.ConfigDict, name: str):

@@ -3,7 +3,14 @@
 `train(config, workdir)` is what `python -m grpo_jax.main` runs. It resumes from the newest good
 checkpoint in `workdir`; with the same config and seed, a resumed run reproduces the metrics of an
 uninterrupted one step for step (every random draw is `fold_in(key, step)` and the data iterator's
-position is checkpointed).
+position is checkpointed), and `metrics.jsonl` holds each step exactly once however often it was killed.
+
+What stops a run, always with one message and the last good checkpoint kept (`RunStopped`): another run
+holding the workdir (`lock.WorkdirLocked`); checkpoints of which none can be restored, unless a fresh start
+is asked for; `train.max_consecutive_skips` steps in a row whose update was skipped, because the loss,
+gradient or update was NaN/Inf (the state is then left as it was, see `guarded_update`) or because no
+sample got a reward; a failed checkpoint write. SIGTERM (a preemption notice) ends the step in progress,
+saves a checkpoint and returns with `summary["preempted"]` set.
 """
 
 from __future__ import annotations
@@ -11,25 +18,141 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 import jax
+import numpy as np
 from flax import nnx
 
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as config_lib
 from grpo_jax import evaluation
+from grpo_jax import lock as lock_lib
 from grpo_jax import metrics as metrics_lib
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import rollout as rollout_lib
 from grpo_jax import sampler as sampler_lib
 from grpo_jax import sft
-from grpo_jax import sharding as shd
-from grpo_jax import train as train_lib
 from grpo_jax.experiment import Experiment, build_experiment
 
 log = logging.getLogger(__name__)
+
+
+class RunStopped(RuntimeError):
+  """The run stopped on purpose with a message that says why and what to do; its checkpoints are intact."""
+
+
+class TrainingDiverged(RunStopped):
+  pass
+
+
+class NoUsableCheckpoint(RunStopped):
+  pass
+
+
+class Preempted(RunStopped):
+  """SIGTERM before the first GRPO step: nothing to save yet."""
+
+
+# Errors the CLI prints as one line (no traceback): each names its cause and the fix.
+STOP_ERRORS = (RunStopped, ckpt_lib.CheckpointWriteError, ckpt_lib.NonFiniteState, lock_lib.WorkdirLocked,
+               config_lib.ConfigError)
+_FINITE_KEYS = ("loss", "grad_norm", "update_norm", "param_norm")
+
+
+def guarded_update(trainer, state, batch):
+  """One optimizer update that never leaves a NaN/Inf state: returns `(state, metrics, skipped)`.
+
+  When the loss, gradient norm, update norm or new parameter norm is not finite, the update is skipped:
+  the returned state is the input state exactly (params, optimizer moments, step, rng) and
+  `metrics["update_skipped"]` is 1.0 (else 0.0). A `Trainer` whose jitted step does this itself sets
+  `skips_nonfinite = True` and returns `update_skipped`; for the others the state is copied before the
+  step (which donates its input) and the copy is returned on a skip.
+  """
+  in_graph = getattr(trainer, "skips_nonfinite", False)
+  backup = None if in_graph else jax.tree.map(lambda x: x.copy(), state)
+  if in_graph:  # all mu x minibatch updates of the rollout, each skipped in the graph if non-finite
+    new_state, metrics = trainer.update(state, batch)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return new_state, metrics, metrics["update_skipped"] > 0
+  new_state, metrics = trainer.step(state, batch)
+  skipped = not all(np.isfinite(float(metrics[k])) for k in _FINITE_KEYS if k in metrics)
+  metrics = {**metrics, "update_skipped": float(skipped)}
+  return (backup if skipped else new_state), metrics, skipped
+
+
+class SkipGuard:
+  """Stops the run after `max_consecutive` GRPO steps in a row whose update was skipped, naming the step and
+  the likeliest cause from the last skipped step's metrics."""
+
+  def __init__(self, max_consecutive: int, *, lr: float, temperature: float):
+    self.max_consecutive, self.lr, self.temperature = max_consecutive, lr, temperature
+    self.consecutive = self.total = 0
+
+  def update(self, step: int, skipped: bool, metrics: dict, no_valid_samples: bool = False):
+    if not skipped:
+      self.consecutive = 0
+      return
+    self.consecutive += 1
+    self.total += 1
+    log.warning("step %d: update skipped (%s); %d in a row", step,
+                "no sample got a reward" if no_valid_samples else "non-finite loss/gradient/update",
+                self.consecutive)
+    if self.consecutive >= self.max_consecutive:
+      raise TrainingDiverged(f"stopping at step {step}: {self.consecutive} consecutive steps skipped their "
+                             f"update; {self._suspect(metrics, no_valid_samples)}. The checkpoints hold "
+                             "only finite states (skipped updates left the state unchanged)")
+
+  def _suspect(self, m: dict, no_valid_samples: bool) -> str:
+    finite = {k: bool(np.isfinite(float(m[k]))) for k in _FINITE_KEYS if k in m}
+    if no_valid_samples:
+      return ("no sample got a reward: every reward function failed on every sample (see the warnings and "
+              "reward/*/failures); with rewards.on_error='drop' nothing is left to train on")
+    if not finite.get("loss", True):
+      return (f"the loss is NaN/Inf: suspect the logits (rollout.temperature={self.temperature}: a tiny "
+              "temperature overflows logits / T) or the rewards/advantages")
+    if not finite.get("grad_norm", True):
+      return "the gradients are NaN/Inf while the loss is finite: suspect the logits' backward pass or dtype"
+    return (f"the gradients are finite but the update overflows: suspect the learning rate "
+            f"(optim.lr={self.lr})")
+
+
+class _Preemption:
+  """SIGTERM handling: inside the step loop it only sets a flag (the loop saves and stops at the end of the
+  step); before the first step there is nothing to save and the run stops at once."""
+
+  def __init__(self):
+    self.requested = self.in_loop = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    log.warning("SIGTERM: %s", "saving a checkpoint after this step, then stopping" if self.in_loop else
+                "stopping (no GRPO step done yet: nothing to save)")
+    if not self.in_loop:
+      raise Preempted("stopped by SIGTERM before the first GRPO step (nothing to save yet); run the same "
+                      "command to resume")
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # every host stops at the same step
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # the preemption service is not running
+      return False
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _reward_runner(c) -> rewards_lib.RewardRunner:
@@ -51,8 +174,10 @@ def _ref_in_checkpoint(c, trainer) -> bool:
   return trainer.need_ref and bool(c.grpo.ref_reset_every or c.sft.steps)
 
 
-def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer):
-  """Returns `(state, ref_params, meta)` from the newest good checkpoint, or a fresh start."""
+def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer, fresh_start: bool):
+  """Returns `(step, state, ref_params, meta)` from the newest good checkpoint (`step` is its GRPO step),
+  or `(None, ...)` for a fresh start. Refuses to start over when checkpoints exist but none is usable,
+  unless `fresh_start` (they are then moved to `corrupt/`)."""
   c, trainer = exp.config, exp.trainer
   abstract_state = ckpt_lib.abstract_like(
       jax.eval_shape(trainer.init_state, exp.params, jax.random.PRNGKey(0)), trainer.state_shardings)
@@ -66,7 +191,18 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer):
       if _ref_in_checkpoint(c, trainer):
         raise ckpt_lib.CheckpointCorrupt(f"checkpoint at step {step} lacks the reference params")
       ref = exp.params  # the reference is the initial model, rebuilt by build_experiment
-    return state, ref, meta
+    return step, state, ref, meta
+  if ckpt.unusable:
+    found = "; ".join(f"step {s}: {why}" for s, why in sorted(ckpt.unusable.items()))
+    if not fresh_start:
+      raise NoUsableCheckpoint(
+          f"none of the {len(ckpt.unusable)} checkpoints in {ckpt.directory} can be restored ({found}). "
+          "Refusing to start over, which would re-run the warm start and rewrite metrics.jsonl: if the "
+          "config changed, restore the one they were saved with; to start from scratch anyway, pass "
+          "--fresh_start (or --config.checkpoint.allow_fresh_start=True)")
+    log.warning("fresh start requested: moving the unusable checkpoints to %s/corrupt (%s)", ckpt.directory,
+                found)
+    ckpt.quarantine_unusable()
   params = exp.params
   meta = {"data": None}
   if c.sft.steps:
@@ -82,7 +218,7 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer):
              time.time() - t0)
   state = trainer.init_state(params, jax.random.PRNGKey(c.seed))
   ref = jax.tree.map(lambda x: x.copy(), state.params) if trainer.need_ref else None
-  return state, ref, meta
+  return None, state, ref, meta
 
 
 def _write_config(workdir: str, name: str, config) -> None:
@@ -139,9 +275,51 @@ def _record_config(workdir: str, config, start: int) -> None:
   _write_config(workdir, name, config)
 
 
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) the experiment in `workdir`; returns a summary dict (also in summary.json)."""
+def _close_after_error(opened: list):
+  """Closes the outputs while another error propagates: waits for pending saves and reports (not raises)
+  a failed one, so that the first error is the one the user sees."""
+  for closable in reversed(opened):
+    try:
+      closable.close()
+    except ckpt_lib.CheckpointWriteError as e:
+      log.error("%s", e)
+
+
+def _eval_correctness(c):
+  """The correctness reward for evaluation, behind a RewardRunner (timeout, contained failures):
+  `f(prompts, completions, **columns) -> [score or None]`."""
+  runner = rewards_lib.RewardRunner([config_lib.reward_fn(c, c.rewards.correctness)],
+                                    timeout_s=c.rewards.timeout_s)
+
+  def correct_fn(prompts, completions, **columns):
+    values = runner(prompts, completions, **columns).per_fn[runner.names[0]]
+    return [float(v) if np.isfinite(v) else None for v in values]
+  return correct_fn
+
+
+def train(config, workdir: str, *, fresh_start: bool = False) -> dict:
+  """Runs (or resumes) the experiment in `workdir`; returns a summary dict (also in summary.json).
+  `fresh_start` (or `config.checkpoint.allow_fresh_start`): start over when no checkpoint is usable."""
   config_lib.validate(config, jax.device_count())
+  if config.grpo.dynamic_sampling and jax.process_count() > 1:
+    raise config_lib.ConfigError("config.grpo.dynamic_sampling: refilling groups from several rollouts is "
+                                 "single-process for now; set it False on multi-host runs")
+  lock = lock_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()  # before anything is written: a second run must not touch the first one's files
+  opened = []  # the checkpointer and metrics writer, closed here if the run stops with an error
+  try:
+    with _Preemption() as preemption:
+      return _train(config, workdir, preemption, fresh_start or config.checkpoint.allow_fresh_start, opened)
+  except BaseException:
+    _close_after_error(opened)
+    raise
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, opened: list) -> dict:
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, "config.json")):
     _write_config(workdir, "config.json", config)  # early: a run that dies while building has one too
@@ -151,13 +329,14 @@ def train(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.checkpoint.keep,
                                best_metric=c.checkpoint.best_metric or None,
                                async_save=c.checkpoint.async_save)
-  state, ref_params, meta = _init_or_restore(exp, ckpt)
+  opened.append(ckpt)
+  restored, state, ref_params, meta = _init_or_restore(exp, ckpt, fresh_start)
   if meta.get("data"):
     exp.iterator.set_state(meta["data"])
-  start = int(state.step) // (c.grpo.num_iterations * c.grpo.num_minibatches)
+  start = restored or 0  # the GRPO step: skipped updates do not advance state.step
   _record_config(workdir, c, start)
   runner = _reward_runner(c)
-  correct_fn = config_lib.reward_fn(c, c.rewards.correctness)
+  correct_fn = _eval_correctness(c)
   rollout_fn = _sampler(exp, c.rollout.temperature, logprobs_mode=c.rollout.logprobs_mode)
   greedy_fn = _sampler(exp, 0.0)
   eval_sample_fn = _sampler(exp, c.eval.temperature) if c.eval.k else None
@@ -168,19 +347,25 @@ def train(config, workdir: str) -> dict:
     m = evaluation.evaluate(
         greedy_fn, eval_sample_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
         correct_fn, rewards_lib.extract_answer, jax.random.fold_in(eval_rng, step),
-        batch_size=c.eval.batch_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt, k=c.eval.k)
+        batch_size=c.eval.batch_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt, k=c.eval.k,
+        mesh=exp.mesh)
     m["time/eval_s"] = time.time() - t0
     log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in m.items()})
     return m
 
+  # Rows after the restored step are recomputed by this run; with no checkpoint, all of them (step 0 too).
   writer = metrics_lib.MetricsWriter(workdir, c.train.num_steps, initial_step=start,
+                                     keep_through=start if restored is not None else -1,
                                      console=c.train.progress_bar)
+  opened.append(writer)
   if start == 0 and "eval_before" not in meta:
     meta["eval_before"] = run_eval(0, state.params)
     writer.write(0, meta["eval_before"])
-  last_eval = None
+  last_eval = preempted = None
+  guard = SkipGuard(c.train.max_consecutive_skips, lr=c.optim.lr, temperature=c.rollout.temperature)
   rollout_key = jax.random.PRNGKey(c.seed + 2)
   refill_key = jax.random.PRNGKey(c.seed + 3)  # dynamic sampling's extra draws
+  preemption.in_loop = True
   for step in range(start, c.train.num_steps):
     t0 = time.time()
 
@@ -188,7 +373,8 @@ def train(config, workdir: str) -> dict:
       key = (jax.random.fold_in(rollout_key, step) if i == 0
              else jax.random.fold_in(jax.random.fold_in(refill_key, step), i))
       return rollout_lib.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
-                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt)
+                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt,
+                                 mesh=exp.mesh)
 
     refill_metrics = {}
     if c.grpo.dynamic_sampling:
@@ -198,18 +384,19 @@ def train(config, workdir: str) -> dict:
     else:
       ro = draw(0)
     t_rollout = time.time() - t0
-    batch = trainer.shard_batch(ro.batch)
-    batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
     t1 = time.time()
-    state, train_metrics = trainer.update(state, batch)  # the mu x minibatch updates, one program
-    train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+    no_valid = not ro.valid_N.any()  # then nothing to learn from: the update is skipped
+    train_metrics, prep_metrics = {"update_skipped": 1.0}, {}
+    if not no_valid:
+      batch = trainer.shard_batch(ro.batch)
+      batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
+      state, train_metrics, _ = guarded_update(trainer, state, batch)  # mu x minibatches, one program
     t_train = time.time() - t1
     done = step + 1
     if c.grpo.ref_reset_every and done % c.grpo.ref_reset_every == 0 and ref_params is not None:
       ref_params = jax.tree.map(lambda x: x.copy(), state.params)  # iterative GRPO (DeepSeekMath §4.1.4)
     metrics = {**train_metrics, **jax.device_get(prep_metrics), **ro.reward_metrics, **ro.metrics,
-               **refill_metrics,
-               "time/rollout_s": t_rollout, "time/train_s": t_train, "time/step_s": time.time() - t0,
+               **refill_metrics, "time/rollout_s": t_rollout, "time/train_s": t_train, "time/step_s": time.time() - t0,
                "throughput/completion_tokens_per_s": ro.metrics["completion_tokens"] / max(t_rollout, 1e-9)}
     evaluated = None
     if c.eval.every and (done % c.eval.every == 0 or done == c.train.num_steps):
@@ -219,16 +406,28 @@ def train(config, workdir: str) -> dict:
     writer.advance()
     if c.train.sample_every and done % c.train.sample_every == 0:
       writer.write_samples(done, rollout_lib.sample_table(ro, c.train.num_samples_logged))
-    if done % c.checkpoint.every == 0 or done == c.train.num_steps:
+    stop = preemption.should_stop(done) and done < c.train.num_steps
+    if done % c.checkpoint.every == 0 or done == c.train.num_steps or stop:
       meta["data"] = exp.iterator.get_state()
       ckpt.save(done, state, meta, ref_params if _ref_in_checkpoint(c, trainer) else None,
                 metrics=evaluated)
-  ckpt.close()
+    ckpt.check()  # a failed asynchronous write stops the run here, not at the next save
+    guard.update(done, train_metrics["update_skipped"] > 0, train_metrics, no_valid)
+    if stop:
+      ckpt.wait()
+      preempted = done
+      log.warning("stopped by SIGTERM at step %d with a checkpoint; rerun the same command to resume", done)
+      break
+  preemption.in_loop = False
   writer.close()
-  if last_eval is None:
-    last_eval = run_eval(c.train.num_steps, state.params)
+  ckpt.close()  # waits for the last save; raises CheckpointWriteError if it failed
+  opened.clear()
   summary = {"eval_before": meta.get("eval_before"), "eval_after": last_eval,
-             "sft": meta.get("sft"), "steps": c.train.num_steps}
+             "sft": meta.get("sft"), "steps": c.train.num_steps, "skipped_steps": guard.total}
+  if preempted is not None:
+    return {**summary, "preempted": preempted}
+  if last_eval is None:
+    last_eval = summary["eval_after"] = run_eval(c.train.num_steps, state.params)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)

@@ -30,6 +30,8 @@ flags.DEFINE_bool("tpu_auto", False, "Discover the multi-host Cloud TPU topology
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/grpo_jax/xla"),
                     "JAX persistent compilation cache directory ('' disables it): a restarted or "
                     "repeated run skips XLA compilation.")
+flags.DEFINE_bool("fresh_start", False, "Start from scratch when the workdir's checkpoints are all unusable "
+                  "(otherwise the run refuses); the unusable ones are moved to checkpoints/corrupt/.")
 FLAGS = flags.FLAGS
 
 USAGE_ERROR = 2  # the status of every command-line or config error
@@ -139,16 +141,31 @@ def main(argv):
   if FLAGS.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  try:
-    config_lib.validate(FLAGS.config, jax.device_count())  # before the heavy imports: fail fast
-    from grpo_jax import loop  # imported after jax.distributed is up
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
-    summary = loop.train(FLAGS.config, FLAGS.workdir)
-  except config_lib.ConfigError as e:
+  def config_error(e):
     where = config_flags.get_config_filename(FLAGS["config"])
     fix = (f"set --config.{e.key}=VALUE or change it in {where}" if e.key else f"change {where}")
     fail(f"{e} ({fix}; {_KEYS_HINT})")
+
+  try:
+    config_lib.validate(FLAGS.config, jax.device_count())  # before the heavy imports: fail fast
+  except config_lib.ConfigError as e:
+    config_error(e)
+  from grpo_jax import loop  # imported after jax.distributed is up
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+  try:
+    summary = loop.train(FLAGS.config, FLAGS.workdir, fresh_start=FLAGS.fresh_start)
+  except config_lib.ConfigError as e:
+    config_error(e)
+  except loop.Preempted as e:
+    print(e)
+    sys.exit(143)
+  except loop.STOP_ERRORS as e:  # each says what happened and what to do: one line, no traceback
+    sys.exit(f"error: {e}")  # exit 1: the run stopped (2 is for usage and config errors)
+  if summary.get("preempted") is not None:
+    print(f"stopped by SIGTERM after step {summary['preempted']} with a checkpoint in {FLAGS.workdir}; "
+          "run the same command to resume")
+    sys.exit(143)  # 128 + SIGTERM: not finished (a job controller must restart it, not mark it done)
   before = (summary.get("eval_before") or {}).get("eval/accuracy")
   after = (summary.get("eval_after") or {}).get("eval/accuracy")
   print(json.dumps(summary, indent=2))

@@ -108,7 +108,9 @@ _SYMBOLIC_MAX_CHARS = 500
 _EXPENSIVE_RE = re.compile(r"(?:\^|\*\*)\s*[{(][^})]*(?:\^|\*\*)"  # 9^{9^{9}}, 9**(9**9)
               r"|(?:\^|\*\*)\s*\d+\s*(?:\^|\*\*)"  # 9^9^9
               r"|(?:\^|\*\*)\s*[{(]?\s*-?\d{4,}"  # 2^{10000}
-              r"|\d{3,}\s*!")  # 1000!
+              r"|\d{3,}\s*!"  # 1000!
+              r"|!\s*[)}\]]*\s*!"  # (99!)!, 5!!
+              r"|(?:\^|\*\*)[^()]*[)}]\s*!")  # (10^{10})!
 
 
 def _sympy_equal(gold: str, pred: str) -> bool:
@@ -210,7 +212,8 @@ class _SymbolicWorker:
 
   def equal(self, gold: str, pred: str, timeout_s: float) -> bool | None:
     """True/False, or None when the comparison timed out or the worker failed."""
-    if not self._lock.acquire(timeout=timeout_s):
+    # A caller that the reward runner cancelled releases the worker within one comparison (timeout_s).
+    if not self._lock.acquire(timeout=2 * timeout_s + 0.5):
       return None  # a runaway caller holds the worker; give up rather than queue behind it
     try:
       if self._proc is None or self._proc.poll() is not None:
@@ -237,6 +240,9 @@ class _SymbolicWorker:
       except OSError:
         pass
       return None
+    except BaseException:  # cancelled mid-request (the reward runner gave up): the reply would desync
+      self._kill()
+      raise
     finally:
       self._lock.release()
 

@@ -31,7 +31,12 @@ def _scalar(v) -> float | None:
 class MetricsWriter:
   """Writes metrics to `workdir` and shows a progress bar over `total_steps`."""
 
-  def __init__(self, workdir: str, total_steps: int, *, initial_step: int = 0, console: bool = True):
+  def __init__(self, workdir: str, total_steps: int, *, initial_step: int = 0,
+               keep_through: int | None = None, console: bool = True):
+    """Rows (and samples) with a step after `keep_through` (default `initial_step`; -1 drops all) are
+    removed first: the resumed run writes them again, so each step is logged exactly once. TensorBoard is
+    told the same (`purge_step`): it hides the earlier run's events from that step on."""
+    keep_through = initial_step if keep_through is None else keep_through
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
     self._tb = None
@@ -39,13 +44,13 @@ class MetricsWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    _rewind(os.path.join(workdir, "metrics.jsonl"), initial_step)
-    _rewind(os.path.join(workdir, "samples.jsonl"), initial_step)
+    _rewind(os.path.join(workdir, "metrics.jsonl"), keep_through)
+    _rewind(os.path.join(workdir, "samples.jsonl"), keep_through)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=keep_through + 1)
     except ImportError:  # TensorBoard output is optional
       self._tb = None
     if console:
@@ -91,14 +96,24 @@ class MetricsWriter:
 
 
 def _rewind(path: str, step: int):
-  """Drops rows logged after `step`: a resumed run recomputes them (after a kill, say)."""
+  """Drops rows logged after `step`, and a torn last line (a kill mid-write): a resumed run recomputes them.
+  The file is replaced atomically, so a kill during the rewind loses nothing."""
   if not os.path.exists(path):
     return
-  rows = read_jsonl(path)
-  kept = [r for r in rows if r.get("step", 0) <= step]
-  if len(kept) != len(rows):
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if row.get("step", 0) <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def read_jsonl(path: str) -> list[dict]:

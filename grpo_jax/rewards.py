@@ -27,7 +27,6 @@ import operator
 import os
 import re
 import sys
-import threading
 import types
 import zlib
 from fractions import Fraction
@@ -35,6 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from grpo_jax import reward_threads
 from grpo_jax.math_grading import extract_answer, math_equal  # extract_answer is re-exported (evaluation)
 
 logger = logging.getLogger(__name__)
@@ -291,26 +291,6 @@ class RewardResult:
     return out
 
 
-def _call_with_timeout(fn, timeout_s, args, kwargs):
-  """fn(*args, **kwargs) in a daemon thread; TimeoutError after timeout_s. Python cannot kill a thread, so
-  a runaway call keeps running in the background (its result is discarded)."""
-  box = {}
-
-  def target():
-    try:
-      box["value"] = fn(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - reported to the caller below
-      box["error"] = e
-  thread = threading.Thread(target=target, daemon=True, name=f"reward-{getattr(fn, '__name__', 'fn')}")
-  thread.start()
-  thread.join(timeout_s)
-  if thread.is_alive():
-    raise TimeoutError(f"no result after {timeout_s}s")
-  if "error" in box:
-    raise box["error"]
-  return box["value"]
-
-
 def _fn_name(fn) -> str:
   while isinstance(fn, functools.partial):
     fn = fn.func
@@ -318,12 +298,15 @@ def _fn_name(fn) -> str:
 
 
 class RewardRunner:
-  """Calls reward functions one after another, each in a thread with a ``timeout_s`` wall-clock limit, and
-  combines them: total = sum_k weight_k * r_k, with None counting as 0.
+  """Calls reward functions one after another, each on its own reused worker thread with a ``timeout_s``
+  wall-clock limit (see `grpo_jax.reward_threads`: cancellation, at most 2 hung threads per function,
+  SystemExit/KeyboardInterrupt contained, printing capped), and combines them: total = sum_k weight_k * r_k,
+  with None counting as 0.
 
-  A function that raises, times out, or returns the wrong length fails all N samples; a NaN/inf or
-  non-numeric value fails that sample. A failed sample gets ``fallback`` as that function's reward in the
-  total (``on_error="fallback"``) or is marked invalid (``on_error="drop"``: ``valid`` is False and
+  A function that raises (anything, SystemExit included), times out, or returns something other than a
+  list/tuple/1-D array of N values fails all N samples; a NaN/inf or non-numeric value fails that sample.
+  A failed sample gets ``fallback`` as that function's reward in the total (``on_error="fallback"``) or is
+  marked invalid (``on_error="drop"``: ``valid`` is False and
   ``total`` is 0 there; the trainer must mask it out). Every failure is counted in
   ``RewardResult.failures`` and logged as one warning line.
   """
@@ -341,13 +324,21 @@ class RewardRunner:
       names = [f"{n}_{i}" for i, n in enumerate(names)]  # same fn twice with different configs
     self.fns, self.weights, self.names = list(fns), weights, names
     self.timeout_s, self.on_error, self.fallback = timeout_s, on_error, fallback
+    self._pool = reward_threads.WorkerPool()
+
+  @property
+  def abandoned(self) -> dict[str, int]:
+    """Calls abandoned at the timeout so far, per function name."""
+    return self._pool.abandoned
 
   def _run_one(self, fn, name, n, prompts, completions, columns) -> np.ndarray:
     """[N] float64 with NaN for None and +inf marking failed samples (counted by the caller)."""
     try:
-      raw = _call_with_timeout(fn, self.timeout_s, (list(prompts), list(completions)), columns)
-      if raw is None or len(raw) != n:
-        raise ValueError(f"returned {None if raw is None else len(raw)} rewards for {n} completions")
+      raw = self._pool.call(name, fn, self.timeout_s, (list(prompts), list(completions)), columns)
+      if not isinstance(raw, (list, tuple, np.ndarray)) or np.ndim(raw) != 1:
+        raise TypeError(f"returned {type(raw).__name__} (shape {np.shape(raw)}), not a list of {n} rewards")
+      if len(raw) != n:
+        raise ValueError(f"returned {len(raw)} rewards for {n} completions")
     except Exception as e:  # noqa: BLE001 - a reward bug must not kill the run
       logger.warning("reward %s failed on all %d samples: %s: %s", name, n, type(e).__name__, e)
       return np.full(n, np.inf)

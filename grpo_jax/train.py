@@ -242,8 +242,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
   equal microbatches (`strided_split`) with `lax.scan`. The loss is the mean of the microbatch losses,
   which equals the full-batch loss for the sequence-mean aggregations (equal microbatch sizes).
 
-  A non-finite loss or gradient norm skips the update: params and optimizer state are returned
-  unchanged (the step counter still advances) and `metrics["update_skipped"]` is 1."""
+  A non-finite loss, gradient, update or new parameter norm skips the update: the state is returned
+  unchanged (params, optimizer state, step) and `metrics["update_skipped"]` is 1."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum == 1:  # no scan: a smaller program, faster to compile
     (loss, metrics), grads = grad_fn(state.params, graphdef, batch, cfg)
@@ -263,15 +263,17 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
 
 def _apply_update(state: TrainState, grads, loss, metrics, tx, schedule):
   grad_norm = optax.tree.norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  update_norm, param_norm = optax.tree.norm(updates), optax.tree.norm(params)
+  ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+        & jnp.isfinite(param_norm))
+  # A non-finite update leaves the state exactly as it was: params, moments, step and rng.
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-  metrics.update(loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
-                 param_norm=optax.tree.norm(params), learning_rate=schedule(state.step),
-                 update_skipped=1.0 - ok.astype(jnp.float32))
-  return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+  metrics.update(loss=loss, grad_norm=grad_norm, update_norm=update_norm, param_norm=param_norm,
+                 learning_rate=schedule(state.step), update_skipped=1.0 - ok.astype(jnp.float32))
+  return TrainState(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                    step=jnp.where(ok, state.step + 1, state.step), rng=state.rng), metrics
 
 
 def rollout_update(state: TrainState, batch, *, num_iterations: int = 1, num_minibatches: int = 1,
@@ -294,6 +296,8 @@ def rollout_update(state: TrainState, batch, *, num_iterations: int = 1, num_min
 
 class Trainer:
   """Holds the jitted update and preparation functions for one model, mesh and config."""
+
+  skips_nonfinite = True  # `train_step` leaves the state unchanged on a non-finite update (loop.guarded_update)
 
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,

@@ -1,31 +1,19 @@
-"""End to end: rollout -> reward -> update -> checkpoint -> resume, SIGKILL recovery, CLI and config errors."""
+"""End to end: rollout -> reward -> update -> checkpoint -> resume, CLI and config errors. SIGKILL/SIGTERM
+recovery is tests/soak/test_kill_soak.py (a chain of kills compared step by step with this run)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from grpo_jax import config as config_lib
 from grpo_jax.metrics import read_jsonl
+from soak.harness import TINY  # the flags of the shared tiny run (tests/conftest.py: tiny_run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "experiments", "default.py")
-# A tiny, fast variant of the default experiment (CLI override syntax).
-TINY = [
-    "--config.model.tiny.hidden_size=32", "--config.model.tiny.intermediate_size=64",
-    "--config.model.tiny.num_layers=2", "--config.model.tiny.head_dim=8",
-    "--config.task.kwargs.num_train=512", "--config.task.kwargs.num_eval=16",
-    "--config.rollout.prompts_per_step=4", "--config.grpo.group_size=4", "--config.sft.steps=5",
-    "--config.sft.batch_size=16", "--config.train.num_steps=6", "--config.eval.every=3",
-    "--config.eval.num_examples=16", "--config.eval.batch_size=16", "--config.eval.k=2",
-    "--config.checkpoint.every=2", "--config.train.progress_bar=False", "--config.grpo.beta=0.04",
-    "--config.mesh=(2,2,1)",
-]
-VOLATILE = ("time/", "throughput/")
 
 
 def _env():
@@ -40,16 +28,9 @@ def _cmd(workdir, *extra):
           *TINY, *extra]
 
 
-def _stable(rows):
-  return {r["step"]: {k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows}
-
-
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("full"))
-  proc = subprocess.run(_cmd(workdir), env=_env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+def uninterrupted(tiny_run):
+  return tiny_run  # the same TINY run, made once per session for this file and tests/soak (conftest.py)
 
 
 def test_end_to_end_run_writes_everything(uninterrupted):
@@ -71,32 +52,6 @@ def test_end_to_end_run_writes_everything(uninterrupted):
   assert "held-out greedy accuracy" in proc.stdout
   steps_saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps_saved[-1] == 6
-
-
-def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
-  full_dir, _ = uninterrupted
-  workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(_cmd(workdir), env=_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  deadline = time.time() + 300
-  # Kill as soon as the step-4 checkpoint is committed, i.e. mid-training.
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(os.path.join(ckpt_dir, "4")):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  resumed = subprocess.run(_cmd(workdir), env=_env(), capture_output=True, text=True, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from" in resumed.stderr
-  full = _stable(read_jsonl(os.path.join(full_dir, "metrics.jsonl")))
-  got = _stable(read_jsonl(os.path.join(workdir, "metrics.jsonl")))
-  for step in (5, 6):  # steps trained only after the resume
-    assert got[step].keys() == full[step].keys()
-    for k, v in full[step].items():
-      assert got[step][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (step, k)
 
 
 def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path):

@@ -77,7 +77,7 @@ def test_a_nonfinite_update_is_skipped():
   batch["advantages"][3] = np.nan
   state, m = trainer.update(state, trainer.shard_batch(batch))
   assert float(m["update_skipped"]) == 1.0 and not np.isfinite(float(m["loss"]))
-  assert int(state.step) == 1  # the update was attempted (the schedule and resume count it)
+  assert int(state.step) == 0  # step counts applied updates: the schedule does not advance
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
     np.testing.assert_array_equal(a, b)
   # The optimizer moments are untouched too: the next finite update equals a first update.

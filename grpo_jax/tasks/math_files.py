@@ -65,22 +65,40 @@ def _read_parquet(path: str) -> list:
 
 
 def _read_rows(path: str, report: LoadReport):
-  """Yield (line number, row) for every non-blank record; unparseable lines go to the report."""
+  """Yield (line number, row) for every non-blank record; unparseable lines go to the report.
+
+  JSON lines are split on b"\n" and decoded one by one, so a bad byte costs its own row only
+  ("invalid_utf8"); a UTF-8 byte-order mark at the start of the file is not part of row 1."""
   if path.endswith(".parquet"):
-    yield from enumerate(_read_parquet(path), start=1)
-    return
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  if path.endswith(".json") and text.lstrip().startswith("["):
     try:
-      rows = json.loads(text)
+      rows = _read_parquet(path)
+    except ImportError:
+      raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for a damaged file
+      raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    yield from enumerate(rows, start=1)
+    return
+  with open(path, "rb") as f:
+    data = f.read()
+  data = data.removeprefix(b"\xef\xbb\xbf")
+  if path.endswith(".json") and data.lstrip().startswith(b"["):
+    try:
+      rows = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}): {e.reason}") from None
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} starts like a JSON array but is not valid JSON: {e}") from None
     yield from enumerate(rows, start=1)
     return
-  for line_no, line in enumerate(text.splitlines(), start=1):
-    if not line.strip():
+  for line_no, raw in enumerate(data.split(b"\n"), start=1):
+    if not raw.strip():
       continue  # blank lines (e.g. a trailing newline) are not rows
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      report.rows += 1
+      report.drop("invalid_utf8", line_no)
+      continue
     try:
       yield line_no, json.loads(line)
     except json.JSONDecodeError:
