@@ -1,7 +1,6 @@
 """metrics.jsonl after a kill: a torn last line is dropped, rows after the resumed step are removed, and the
 rewrite is atomic (a crash during it leaves the old file whole)."""
 import json
-import os
 
 import pytest
 

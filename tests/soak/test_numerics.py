@@ -1,7 +1,6 @@
 """Numerical faults in one update: a NaN/Inf loss, gradient or update leaves the state exactly as it was and is
 reported (`loop.guarded_update`), and the stop rule names the step and the suspect (`loop.SkipGuard`)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
