@@ -32,7 +32,7 @@ def _score(correct_fn, prompts, completions, examples, group_size) -> np.ndarray
 
 def evaluate(greedy_fn: Callable, sample_fn: Callable | None, params, examples: Sequence[dict],
              tokenizer, correct_fn: Callable, answer_fn: Callable[[str], str], rng, *,
-             batch_size: int, prompt_len: int, fmt: rollout_lib.PromptFormat, k: int = 0) -> dict:
+             batch_size: int, prompt_len: int, fmt: rollout_lib.PromptFormat, k: int = 0, mesh=None) -> dict:
   """Returns `{"eval/accuracy", "eval/pass@k", "eval/maj@k"}` over `examples`.
 
   `greedy_fn` / `sample_fn` are jitted samplers (temperature 0 / the eval temperature) taking

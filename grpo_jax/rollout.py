@@ -60,7 +60,7 @@ class Rollout:
 
 
 def rollout(generate_fn: Callable, params, examples: Sequence[dict], tokenizer, reward_runner, rng,
-            *, group_size: int, prompt_len: int, fmt: PromptFormat) -> Rollout:
+            *, group_size: int, prompt_len: int, fmt: PromptFormat, mesh=None) -> Rollout:
   """Samples G completions for each of the B examples and scores them.
 
   `generate_fn(params, prompt_tokens [N, P], prompt_mask [N, P], rng) -> SampleOutput` is the jitted
