@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
@@ -35,8 +36,47 @@ from orbax.checkpoint import checkpoint_managers as ocp_managers
 log = logging.getLogger(__name__)
 
 
-def fingerprint(tree) -> list[float]:
-  """Per-leaf float64 sums of |x| and of x*index-weights: cheap, order-sensitive corruption check."""
+def _leaf_bits(x):
+  """A leaf's values as uint32 bit patterns, flattened (floats by bit cast, so -0.0, NaN payloads and
+  every bit count; typed PRNG keys by their key data)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32).ravel()
+  bits = jnp.dtype(x.dtype).itemsize * 8
+  if bits == 64:
+    x = x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else jnp.int32)
+    bits = 32
+  u = jax.lax.bitcast_convert_type(x, {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bits])
+  return u.astype(jnp.uint32).ravel()
+
+
+@jax.jit
+def _fingerprint(tree):
+  """Per leaf: (Σ bits, Σ bits · (index + 1)) mod 2^32 and whether every value is finite. Integer sums are
+  exact and associative, so the fingerprint does not depend on how the arrays are sharded (a checkpoint
+  written on one mesh verifies on another) and is computed on device, shard by shard."""
+  out = []
+  for leaf in jax.tree.leaves(tree):
+    u = _leaf_bits(leaf)
+    w = jnp.arange(1, u.size + 1, dtype=jnp.uint32)
+    finite = jnp.all(jnp.isfinite(leaf)) if jnp.issubdtype(leaf.dtype, jnp.inexact) else jnp.bool_(True)
+    out.append((jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * w, dtype=jnp.uint32), finite))
+  return out
+
+
+def fingerprint(tree) -> tuple[list[list[int]], list[bool]]:
+  """`([[Σ bits, Σ bits · index] per leaf], [finite per leaf])`: a cheap, order-sensitive, exact and
+  sharding-independent corruption check (`_fingerprint`); every process gets the same values."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return [], []
+  got = jax.device_get(_fingerprint(tree))
+  return [[int(a), int(b)] for a, b, _ in got], [bool(f) for _, _, f in got]
+
+
+def _legacy_fingerprint(tree) -> list[float]:
+  """The float64 fingerprint of checkpoints written before the integer one (single process only)."""
   out = []
   for leaf in jax.tree.leaves(tree):
     x = np.asarray(jax.device_get(leaf)).astype(np.float64).ravel()
@@ -142,10 +182,10 @@ class Checkpointer:
     """Starts an asynchronous save; `metrics` (floats) feed the best-checkpoint policy. Raises
     `CheckpointWriteError` if this or an earlier save failed, `NonFiniteState` for a NaN/Inf state."""
     self.check()
-    prints = fingerprint(state)
-    if not np.all(np.isfinite(prints)):
+    prints, finite = fingerprint(state)
+    if not all(finite):
       paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-      bad = [p for p, f in zip(paths, prints) if not np.isfinite(f)]
+      bad = [p for p, f in zip(paths, finite) if not f]
       raise NonFiniteState(f"refusing to save the checkpoint of step {step}: non-finite values in "
                            f"{len(bad)} arrays ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     self._check_space(step, state, ref_params)
@@ -255,8 +295,13 @@ class Checkpointer:
     elif digest != _meta_digest(meta):
       raise CheckpointCorrupt(f"the meta item (data position) does not match its fingerprint at step {step}")
     expected = meta.pop("fingerprint", None)
-    got = fingerprint(restored["state"])
-    if expected is None or not np.allclose(expected, got, rtol=1e-6, atol=1e-6):
+    if expected and not isinstance(expected[0], list):  # a float fingerprint: written before the integer one
+      log.warning("checkpoint at step %d has the older float fingerprint (checked on one process only)", step)
+      ok = jax.process_count() > 1 or np.allclose(expected, _legacy_fingerprint(restored["state"]),
+                                                   rtol=1e-6, atol=1e-6)
+    else:
+      ok = expected is not None and expected == fingerprint(restored["state"])[0]
+    if not ok:
       raise CheckpointCorrupt(f"array fingerprint mismatch at step {step}")
     return restored["state"], restored["ref"] if has_ref else None, meta
 

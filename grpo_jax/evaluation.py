@@ -38,19 +38,33 @@ def evaluate(greedy_fn: Callable, sample_fn: Callable | None, params, examples: 
   `greedy_fn` / `sample_fn` are jitted samplers (temperature 0 / the eval temperature) taking
   `(params, tokens [b, P], mask [b, P], rng)`; `sample_fn` sees each prompt repeated k times
   (b = batch_size * k). k = 0 skips pass@k and maj@k.
+
+  With a `mesh` spanning several processes the prompts go in as global arrays and every process reads
+  back and scores all rows (eval sets are small; the training rollout scores each process's own rows), so
+  every process returns the same metrics.
   """
   import jax  # local: keeps this module importable without initializing a backend
+
+  def run(fn, tokens, mask, rng):
+    if mesh is not None and jax.process_count() > 1:
+      from grpo_jax import sharding as shd  # noqa: PLC0415
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      out = fn(params, *(jax.make_array_from_callback(x.shape, shd.batch_sharding(mesh, 2),
+                                                      lambda idx, x=x: x[idx]) for x in (tokens, mask)),
+               shd.global_replicated(rng, mesh))
+      return multihost_utils.process_allgather(out, tiled=True)
+    return jax.device_get(fn(params, tokens, mask, rng))
 
   n_correct, n_pass, n_maj, total = 0, 0, 0, 0
   for i, (chunk, real) in enumerate(_chunks(examples, batch_size)):
     texts, tokens, mask = rollout_lib.encode_prompts(chunk, tokenizer, prompt_len, fmt)
-    out = jax.device_get(greedy_fn(params, tokens, mask, jax.random.fold_in(rng, 2 * i)))
+    out = run(greedy_fn, tokens, mask, jax.random.fold_in(rng, 2 * i))
     completions = rollout_lib.decode_completions(tokenizer, out.tokens, out.mask)
     n_correct += int(_score(correct_fn, texts, completions, chunk, 1)[:real].sum())
     total += real
     if k and sample_fn is not None:
       tk, mk = np.repeat(tokens, k, axis=0), np.repeat(mask, k, axis=0)
-      out = jax.device_get(sample_fn(params, tk, mk, jax.random.fold_in(rng, 2 * i + 1)))
+      out = run(sample_fn, tk, mk, jax.random.fold_in(rng, 2 * i + 1))
       samples = rollout_lib.decode_completions(tokenizer, out.tokens, out.mask)
       ok = _score(correct_fn, [t for t in texts for _ in range(k)], samples, chunk, k)
       ok = ok.reshape(batch_size, k)[:real]

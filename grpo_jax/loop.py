@@ -388,7 +388,7 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     no_valid = not ro.valid_N.any()  # then nothing to learn from: the update is skipped
     train_metrics, prep_metrics = {"update_skipped": 1.0}, {}
     if not no_valid:
-      batch = trainer.shard_batch(ro.batch)
+      batch = trainer.shard_batch(ro.batch, ro.num_rows)
       batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
       state, train_metrics, _ = guarded_update(trainer, state, batch)  # mu x minibatches, one program
     t_train = time.time() - t1

@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from grpo_jax import rewards as rewards_lib
 from grpo_jax import sampler as sampler_lib
+from grpo_jax import sharding as shd
 from grpo_jax.tasks import format_prompt
 
 
@@ -50,13 +52,37 @@ def decode_completions(tokenizer, tokens_NxT: np.ndarray, mask_NxT: np.ndarray) 
 
 @dataclasses.dataclass
 class Rollout:
-  batch: dict[str, np.ndarray]  # prompt_tokens/prompt_mask [N, P], tokens/mask/old_logp [N, T], truncated [N]
-  rewards_BxG: np.ndarray
-  valid_N: np.ndarray
-  prompts: list[str]  # [N]
-  completions: list[str]  # [N]
-  reward_metrics: dict[str, float]
-  metrics: dict[str, float]
+  """One step's samples. With several processes, the per-row fields hold this process's `rows` of the
+  global batch (`sharding.process_rows`) and the rewards are all-gathered; on one process, everything."""
+
+  batch: dict[str, np.ndarray]  # prompt_tokens/prompt_mask [n, P], tokens/mask/old_logp [n, T], truncated [n]
+  rewards_BxG: np.ndarray  # all B*G rewards (gathered from every process)
+  valid_N: np.ndarray  # [N], gathered
+  prompts: list[str]  # [n]
+  completions: list[str]  # [n]
+  reward_metrics: dict[str, float]  # over all N samples
+  metrics: dict[str, float]  # over all N samples
+  rows: slice | None = None  # this process's rows of the N (None: all of them)
+
+  @property
+  def num_rows(self) -> int:
+    return self.valid_N.shape[0]
+
+
+def gather_result(result: rewards_lib.RewardResult) -> rewards_lib.RewardResult:
+  """Every process's `RewardResult` of its own rows -> the result over all rows, in process order (one
+  all-gather of a `[F + 2, n]` float array and one of the failure counts; the identity on one process)."""
+  if jax.process_count() == 1:
+    return result
+  names = sorted(result.per_fn)
+  local = np.stack([np.asarray(result.total, np.float64), np.asarray(result.valid, np.float64)]
+                   + [np.asarray(result.per_fn[k], np.float64) for k in names])
+  full = shd.gather_rows(local.T).T  # rows are the leading axis of gather_rows
+  fails = shd.gather_rows(np.asarray([[result.failures[k] for k in names]], np.int64)).sum(axis=0)
+  return rewards_lib.RewardResult(
+      total=full[0].astype(np.float32), valid=full[1].astype(bool),
+      per_fn={k: full[2 + i] for i, k in enumerate(names)},
+      failures={k: int(fails[i]) for i, k in enumerate(names)})
 
 
 def rollout(generate_fn: Callable, params, examples: Sequence[dict], tokenizer, reward_runner, rng,
@@ -64,24 +90,39 @@ def rollout(generate_fn: Callable, params, examples: Sequence[dict], tokenizer, 
   """Samples G completions for each of the B examples and scores them.
 
   `generate_fn(params, prompt_tokens [N, P], prompt_mask [N, P], rng) -> SampleOutput` is the jitted
-  sampler (`sampler.jit_generate`).
+  sampler (`sampler.jit_generate`). With a `mesh` spanning several processes, each process encodes,
+  decodes and scores only its rows of the N (`sharding.process_rows`); the sampler gets global arrays
+  and the rewards and length statistics are all-gathered, so every process returns the same
+  `rewards_BxG` and metrics.
   """
-  texts, tokens, mask = encode_prompts(examples, tokenizer, prompt_len, fmt)
+  n = len(examples) * group_size
+  rows = slice(0, n) if mesh is None else shd.process_rows(n, mesh)
+  first, last = rows.start // group_size, -(-rows.stop // group_size)  # the examples these rows sample
+  mine = list(examples[first:last])
+  texts, tokens, mask = encode_prompts(mine, tokenizer, prompt_len, fmt)
   tokens_NxP, mask_NxP = sampler_lib.repeat_for_group(tokens, mask, group_size)
-  out = generate_fn(params, tokens_NxP, mask_NxP, rng)
-  host = jax.device_get({"tokens": out.tokens, "mask": out.mask, "logprobs": out.logprobs,
-                         "truncated": out.truncated, "lengths": out.lengths})
+  cut = slice(rows.start - first * group_size, rows.stop - first * group_size)
+  tokens_NxP, mask_NxP = np.asarray(tokens_NxP)[cut], np.asarray(mask_NxP)[cut]
+  if mesh is None:
+    out = generate_fn(params, tokens_NxP, mask_NxP, rng)
+    host = jax.device_get({"tokens": out.tokens, "mask": out.mask, "logprobs": out.logprobs,
+                           "truncated": out.truncated, "lengths": out.lengths})
+  else:
+    rng = shd.global_replicated(rng, mesh) if jax.process_count() > 1 else rng
+    out = generate_fn(params, shd.global_rows(tokens_NxP, mesh, n), shd.global_rows(mask_NxP, mesh, n), rng)
+    host = {k: shd.local_rows(getattr(out, k))
+            for k in ("tokens", "mask", "logprobs", "truncated", "lengths")}
   completions = decode_completions(tokenizer, host["tokens"], host["mask"])
-  prompts = [t for t in texts for _ in range(group_size)]
-  columns = reward_columns(examples, group_size)
+  prompts = [t for t in texts for _ in range(group_size)][cut]
+  columns = {k: v[cut] for k, v in reward_columns(mine, group_size).items()}
   columns["completion_lengths"] = [int(x) for x in host["lengths"]]
-  result = reward_runner(prompts, completions, **columns)
-  lengths = host["lengths"].astype(np.float32)
+  result = gather_result(reward_runner(prompts, completions, **columns))
+  lengths = shd.gather_rows(host["lengths"].astype(np.float32))
   metrics = {
       "completion_len/mean": float(lengths.mean()),
       "completion_len/min": float(lengths.min()),
       "completion_len/max": float(lengths.max()),
-      "completion_len/truncated_frac": float(np.mean(host["truncated"])),
+      "completion_len/truncated_frac": float(np.mean(shd.gather_rows(host["truncated"].astype(np.float32)))),
       "completion_tokens": float(lengths.sum()),
   }
   batch = {
@@ -95,7 +136,7 @@ def rollout(generate_fn: Callable, params, examples: Sequence[dict], tokenizer, 
   rewards = np.asarray(result.total, np.float32).reshape(-1, group_size)
   return Rollout(batch=batch, rewards_BxG=rewards, valid_N=np.asarray(result.valid, bool),
                  prompts=prompts, completions=completions, reward_metrics=result.metrics(),
-                 metrics=metrics)
+                 metrics=metrics, rows=None if mesh is None or jax.process_count() == 1 else rows)
 
 
 def informative_groups(rewards_BxG: np.ndarray, valid_BxG: np.ndarray) -> np.ndarray:
@@ -164,6 +205,6 @@ def refill_rollout(draw: Callable[[int], Rollout], *, num_groups: int, group_siz
 
 def sample_table(r: Rollout, n: int = 4) -> list[dict[str, Any]]:
   """A few (prompt, completion, reward) rows for logging."""
-  flat = r.rewards_BxG.reshape(-1)
+  flat = r.rewards_BxG.reshape(-1)[r.rows if r.rows is not None else slice(None)]  # this process's rows
   return [{"prompt": r.prompts[i], "completion": r.completions[i], "reward": float(flat[i])}
           for i in range(min(n, len(r.completions)))]

@@ -161,3 +161,69 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+# ------------------------------------------------------------------------- data across processes
+# One code path from one CPU device to N hosts: every process holds the same global batch *order*
+# (drawn from the global seed and step), but builds, samples, decodes and scores only the rows its
+# devices hold; global arrays are assembled from those rows, and what every host needs (rewards for the
+# group statistics, metrics) is all-gathered explicitly. On one process each helper is the identity.
+
+def process_rows(n: int, mesh: Mesh) -> slice:
+  """The rows `[start, stop)` of an `[n, ...]` batch (sharded by `batch_sharding`) held by this process's
+  devices. Raises if they are not one contiguous block (a mesh whose batch axes interleave processes)."""
+  if jax.process_count() == 1:
+    return slice(0, n)
+  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
+  starts = sorted({idx[0].indices(n)[:2] for idx in index_map.values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  if sum(b - a for a, b in starts) != hi - lo:
+    raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {starts}: build the "
+                     "mesh with the devices in process order (sharding.make_mesh does)")
+  return slice(lo, hi)
+
+
+def global_rows(local, mesh: Mesh, n: int):
+  """This process's rows `[n_local, ...]` (numpy or jax) -> one global `[n, ...]` array sharded by
+  `batch_sharding`; every process calls it with its `process_rows` block."""
+  local = np.asarray(local)
+  sharding = batch_sharding(mesh, local.ndim)
+  if jax.process_count() == 1:
+    return jax.device_put(local, sharding)
+  return jax.make_array_from_process_local_data(sharding, local, (n, *local.shape[1:]))
+
+
+def global_replicated(x, mesh: Mesh):
+  """A host array that is the same on every process -> a replicated global array (what a jitted
+  function needs instead of a numpy argument once arrays span processes)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, replicated(mesh), lambda idx: x[idx])
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """The rows of a row-sharded global array that this process holds, in order, as numpy (the whole array
+  on one process)."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  blocks = {}
+  for shard in x.addressable_shards:
+    start = shard.index[0].start or 0
+    blocks.setdefault(start, np.asarray(shard.data))  # replicas along other axes: keep one
+  return np.concatenate([blocks[s] for s in sorted(blocks)], axis=0)
+
+
+def gather_rows(local) -> np.ndarray:
+  """Concatenates every process's `[n_local, ...]` host array, in process order (the identity on one
+  process)."""
+  local = np.asarray(local)
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # noqa: PLC0415 - only multi-process runs need it
+  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op on one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(name)

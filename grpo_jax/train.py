@@ -21,6 +21,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -122,10 +123,23 @@ def completion_logprobs(graphdef, params, prompt_tokens, prompt_mask, tokens, ma
           losses.token_entropy(logits, temperature))
 
 
+def scored_in_parts(graphdef, params, args, parts: int):
+  """`completion_logprobs(graphdef, params, *args)[0]` computed `parts` strided parts at a time
+  (`strided_split`, a `lax.map`), so the scoring peak is that of N / parts rows: `[N / parts, T, V]`
+  logits instead of `[N, T, V]`. Returns the `[N, T]` log-probs in the original row order."""
+  *rows, temperature, chunk = args
+  if parts <= 1:
+    return completion_logprobs(graphdef, params, *rows, temperature, chunk)[0]
+  split = strided_split(tuple(rows), parts)
+  out = jax.lax.map(lambda r: completion_logprobs(graphdef, params, *r, temperature, chunk)[0], split)
+  return jnp.swapaxes(out, 0, 1).reshape(-1, out.shape[-1])  # [parts, N/parts, T] -> [N, T]
+
+
 def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, group_size: int,
-                  cfg: AdvantageConfig, rescore_old: bool, temperature: float):
+                  cfg: AdvantageConfig, rescore_old: bool, temperature: float, score_parts: int = 1):
   """Per-rollout, on device: old/reference log-probs, (KL-shaped) rewards, advantages, loss mask, rollout
-  correction weights and the token count of "token-mean-global".
+  correction weights and the token count of "token-mean-global". The log-probs are scored `score_parts`
+  strided parts at a time (`scored_in_parts`): the logits peak is that of one update micro-batch.
 
   Args:
     batch: dict with prompt_tokens/prompt_mask `[N, P]`, tokens/mask `[N, T]`, and `old_logp [N, T]`
@@ -149,12 +163,12 @@ def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, 
   out["behaviour_logp"] = jax.lax.stop_gradient(batch["old_logp"])
   metrics = {}
   if rescore_old:
-    out["old_logp"] = completion_logprobs(graphdef, params, *args)[0]
+    out["old_logp"] = scored_in_parts(graphdef, params, args, score_parts)
     metrics.update(correction.mismatch_metrics(out["old_logp"], out["behaviour_logp"], batch["mask"]))
   out["old_logp"] = jax.lax.stop_gradient(out["old_logp"])
   mask = batch["mask"].astype(jnp.float32)
   need_ref = ref_params is not None
-  out["ref_logp"] = (completion_logprobs(graphdef, ref_params, *args)[0] if need_ref
+  out["ref_logp"] = (scored_in_parts(graphdef, ref_params, args, score_parts) if need_ref
                      else jnp.zeros_like(out["old_logp"]))
   if cfg.rollout_is != "none":
     out["is_weight"], is_metrics = correction.rollout_is_weights(
@@ -301,7 +315,8 @@ class Trainer:
 
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
-               rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1):
+               rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1,
+               score_parts: int | None = None):
     hostmem.trim_after_compiles()  # compile garbage goes back to the OS before the programs run
     self.param_shardings = shd.param_shardings(params, mesh)
     graphdef = model_lib.bind_mesh(graphdef, self.param_shardings, mesh)
@@ -330,20 +345,31 @@ class Trainer:
         donate_argnums=0)
     need_ref = loss_cfg.beta != 0.0 or (adv_cfg.kl_in_reward and adv_cfg.beta != 0.0)
     self.need_ref = need_ref
+    # Scoring for the reference / old policy runs in as many parts as the update has micro-batches.
+    self.score_parts = num_minibatches * grad_accum if score_parts is None else score_parts
     self._prepare = jax.jit(
         lambda p, r, b, rew, valid: prepare_batch(
             graphdef, p, r, b, rew, valid, group_size=group_size, cfg=adv_cfg,
-            rescore_old=rescore_old, temperature=loss_cfg.temperature),
+            rescore_old=rescore_old, temperature=loss_cfg.temperature, score_parts=self.score_parts),
         out_shardings=(rows, repl))
 
   def init_state(self, params, rng) -> TrainState:
     return self._init(params, rng)
 
-  def shard_batch(self, batch: dict) -> dict:
-    """Host arrays `[N, ...]` -> device arrays sharded over the batch axes."""
-    return jax.device_put(batch, self.row_sharding)
+  def shard_batch(self, batch: dict, num_rows: int | None = None) -> dict:
+    """Host arrays -> global device arrays `[N, ...]` sharded over the batch axes. With several
+    processes each passes its own rows (`sharding.process_rows`) and `num_rows` = N; on one process the
+    arrays are the whole batch."""
+    if jax.process_count() == 1:
+      return jax.device_put(batch, self.row_sharding)
+    return {k: shd.global_rows(v, self.mesh, num_rows or v.shape[0]) for k, v in batch.items()}
 
   def prepare(self, params, ref_params, batch, rewards_BxG, valid_N):
+    """`prepare_batch` on device; host `rewards_BxG` / `valid_N` (the same on every process) go in as
+    replicated global arrays."""
+    if jax.process_count() > 1:
+      rewards_BxG, valid_N = (shd.global_replicated(x, self.mesh) if isinstance(x, np.ndarray) else x
+                              for x in (rewards_BxG, valid_N))
     return self._prepare(params, ref_params if self.need_ref else None, batch, rewards_BxG, valid_N)
 
   def step(self, state: TrainState, batch: dict):

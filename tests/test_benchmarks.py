@@ -94,6 +94,11 @@ def test_report_table_ratios_and_roofline(tmp_path):
   assert "1.00×" in grpo_line and "33%" in grpo_line  # 5 GFLOP / (1.5 s x 10 GFLOP/s)
   assert "2.00×" in trl_line and "17%" in trl_line
   assert "failed: ImportError: nope" in text
+  for r, load in zip(rows, (0.5, 1.0, 2.0, 0.7, 1.5, 3.0)):
+    r["load"] = [load, load + 0.1]
+  by_round = report.render(summary, flops, {"jax": 10.0}, {"cpu": "x"}, "", rows)
+  round_lines = [l for l in by_round.splitlines() if l.startswith("| 1 |") or l.startswith("| 2 |")]
+  assert round_lines == ["| 1 | 1.0–1.6 | 2.00 | 0.67 | — |", "| 2 | 2.0–3.1 | 1.50 | 0.50 | — |"]
   pytest.importorskip("matplotlib")
   report.plot(summary, flops, {"jax": 10.0}, str(tmp_path / "p.png"))
   assert (tmp_path / "p.png").stat().st_size > 1000

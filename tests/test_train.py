@@ -139,6 +139,19 @@ def test_rescored_logprobs_match_manual_forward():
     np.testing.assert_allclose(np.asarray(logp[i])[m], want[m], atol=1e-4)
 
 
+@pytest.mark.parametrize("parts", [2, 4])
+def test_scoring_in_strided_parts_keeps_every_row_in_place(parts):
+  """`Trainer.prepare` scores in the update's micro-batches: the same [N, T] log-probs, row for row,
+  as one full-batch scoring (rows m, m + parts, ... go together and come back to their places)."""
+  graphdef, params = _params()
+  b = _batch()
+  args = (b["prompt_tokens"], b["prompt_mask"], b["tokens"], b["mask"], 0.7, 0)
+  full = train_lib.completion_logprobs(graphdef, params, *args[:5])[0]
+  split = jax.jit(lambda p: train_lib.scored_in_parts(graphdef, p, args, parts))(params)
+  np.testing.assert_allclose(np.asarray(split), np.asarray(full), atol=1e-5)
+  assert not np.allclose(np.asarray(split)[:-1], np.asarray(full)[1:], atol=1e-3)  # rows are distinct
+
+
 def test_prepare_batch_filters_and_kl_reward():
   graphdef, params = _params()
   b = {k: jnp.asarray(v) for k, v in _batch().items()}

@@ -22,11 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import roofline  # noqa: E402
 
-ORDER = ("grpo_jax", "grpo_jax-warm-cache", "tunix", "trl", "trl-no-gc")
+ORDER = ("grpo_jax", "grpo_jax-warm-cache", "grpo_jax-bf16", "grpo_jax-scan-decode", "tunix", "trl", "trl-no-gc")
 LABELS = {"grpo_jax": "grpo_jax", "grpo_jax-warm-cache": "grpo_jax, warm JAX compilation cache",
+          "grpo_jax-bf16": "grpo_jax, bf16 matmuls (f32 accumulation)",
+          "grpo_jax-scan-decode": "grpo_jax, decode scanned over layers",
           "tunix": "Tunix (vanilla rollout)", "trl": "TRL GRPOTrainer (defaults)",
           "trl-no-gc": "TRL, gradient_checkpointing=False"}
-SHORT = {"grpo_jax": "grpo_jax", "grpo_jax-warm-cache": "grpo_jax\n(warm cache)", "tunix": "Tunix", "trl": "TRL\n(defaults)", "trl-no-gc": "TRL\n(no grad ckpt)"}
+SHORT = {"grpo_jax": "grpo_jax", "grpo_jax-warm-cache": "grpo_jax\n(warm cache)", "grpo_jax-bf16": "grpo_jax\n(bf16)",
+         "grpo_jax-scan-decode": "grpo_jax\n(scan decode)", "tunix": "Tunix", "trl": "TRL\n(defaults)", "trl-no-gc": "TRL\n(no grad ckpt)"}
 PHASES = ("rollout", "reference", "update")
 
 
@@ -90,7 +93,8 @@ def fmt_spread(values, digits=2):
   return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
 
 
-def render(summary: dict, flops: dict, peak: dict, machine: dict, steps_note: str) -> str:
+def render(summary: dict, flops: dict, peak: dict, machine: dict, steps_note: str,
+           rows_by_round: list[dict] | None = None) -> str:
   peak_flops = max(peak.values()) * 1e9
   base = summary.get("grpo_jax", {}).get("median_step_s")
   lines = [
@@ -125,7 +129,26 @@ def render(summary: dict, flops: dict, peak: dict, machine: dict, steps_note: st
         f"| {LABELS[tag]} | {s['version']} | **{s['median_step_s']:.2f}** ({fmt_spread(s['step_s_per_round'])})"
         f" | {s['best_step_s']:.2f} | {s['first_step_s']:.1f} ({fmt_spread(s['first_step_s_per_round'], 1)}) | "
         f"{s['completion_tokens_per_s']:.0f} | {s['peak_rss_mib']:.0f} | {ratio} | {frac:.0f}% | {ph} | {cpu} |")
+  lines += ["", *per_round(rows_by_round)] if rows_by_round else []
   return "\n".join(lines) + "\n"
+
+
+def per_round(rows: list[dict]) -> list[str]:
+  """Per round: grpo_jax's median s/step divided by each peer's in the same round (< 1: grpo_jax is
+  faster), and the 1-minute load average at the start and end of each run of the round."""
+  peers = [t for t in ("trl-no-gc", "trl", "tunix") if any(r.get("tag") == t for r in rows)]
+  out = ["Per round (grpo_jax median s/step ÷ the peer's in the same round; load = 1-min load average at "
+         "the start–end of the round's runs):", "",
+         "| round | load | grpo_jax s/step | " + " | ".join(f"÷ {LABELS[p]}" for p in peers) + " |",
+         "|---|---|---|" + "---|" * len(peers)]
+  for rnd in sorted({r["round"] for r in rows if r.get("tag") == "grpo_jax" and "median_step_s" in r}):
+    here = {r["tag"]: r for r in rows if r.get("round") == rnd and "median_step_s" in r}
+    loads = [x for r in here.values() for x in r.get("load", [])]
+    load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "—"
+    g = here["grpo_jax"]["median_step_s"]
+    ratios = [f"{g / here[p]['median_step_s']:.2f}" if p in here else "—" for p in peers]
+    out.append(f"| {rnd} | {load} | {g:.2f} | " + " | ".join(ratios) + " |")
+  return out
 
 
 def plot(summary: dict, flops: dict, peak: dict, path: str) -> None:
@@ -196,7 +219,7 @@ def main():
           f"steps; {max((s.get('rounds', 0) for s in summary.values()), default=0)} interleaved rounds "
           f"(processes) per implementation.")
   machine = machine_info()
-  text = render(summary, flops, peak, machine, note)
+  text = render(summary, flops, peak, machine, note, rows)
   print(text)
   if args.markdown:
     with open(args.markdown, "w") as f:

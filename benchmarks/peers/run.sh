@@ -16,7 +16,7 @@ DATA="${PEER_DATA:-/tmp/grpo_jax_peer_data}"
 OUT="${PEER_OUT:-$HERE/results}"
 REPEATS="${REPEATS:-3}"
 STEPS="${STEPS:-9}"
-IMPLS="${IMPLS:-grpo_jax grpo_jax-warm-cache tunix trl trl-no-gc}"
+IMPLS="${IMPLS:-grpo_jax grpo_jax-warm-cache grpo_jax-bf16 tunix trl trl-no-gc}"
 TUNIX_VERSION="0.1.7"
 TRL_VERSION="1.16.0"
 TORCH_VERSION="2.13.0"  # the local wheel; any other version downloads GBs
@@ -56,13 +56,16 @@ record() {  # tag, round, command... : runs it and appends its RESULT line (with
   local tag="$1" round="$2"; shift 2
   local log="$LOGS/${tag}_round${round}.log"
   echo "== round $round: $tag"
+  local load_start load_end
+  load_start="$(cut -d' ' -f1 /proc/loadavg)"
   if ! "$@" > "$log" 2>&1; then
     echo "   FAILED (see $log):"; tail -n 5 "$log" | sed 's/^/   /'
     echo "{\"impl\": \"$tag\", \"round\": $round, \"error\": $(tail -n 1 "$log" | "$PY_GRPO" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')}" >> "$RESULTS"
     return 0
   fi
+  load_end="$(cut -d' ' -f1 /proc/loadavg)"
   grep '^RESULT ' "$log" | tail -n 1 | sed 's/^RESULT //' \
-    | "$PY_GRPO" -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(tag='$tag', round=$round); print(json.dumps(r))" \
+    | "$PY_GRPO" -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(tag='$tag', round=$round, load=[$load_start, $load_end]); print(json.dumps(r))" \
     >> "$RESULTS"
   tail -n 1 "$RESULTS" | "$PY_GRPO" -c "
 import json, sys
@@ -95,6 +98,10 @@ for round in $(seq 1 "$REPEATS"); do
       grpo_jax) record grpo_jax "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" --steps "$STEPS" ;;
       grpo_jax-warm-cache) record grpo_jax-warm-cache "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
                              --steps "$STEPS" --compilation_cache "$XLA_CACHE" ;;
+      grpo_jax-bf16) record grpo_jax-bf16 "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
+                       --steps "$STEPS" --dtype bfloat16 ;;  # item 5: bf16 matmuls, f32 accumulation
+      grpo_jax-scan-decode) record grpo_jax-scan-decode "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
+                              --steps "$STEPS" --decode scan ;;
       tunix) record tunix "$round" "$PY_TUNIX" "$HERE/bench_tunix.py" "$DATA" --steps "$STEPS" ;;
       trl) record trl "$round" "$PY_TRL" "$HERE/bench_trl.py" "$DATA" --steps "$STEPS" ;;
       trl-no-gc) record trl-no-gc "$round" "$PY_TRL" "$HERE/bench_trl.py" "$DATA" --steps "$STEPS" \

@@ -1,7 +1,6 @@
 """Faults of a whole run through the CLI: no usable checkpoint, NaN from a tiny temperature, a reward failing on
 every sample with on_error=drop, a full disk during an asynchronous save. Each stops with one clear line
 (no traceback) and the last good checkpoint kept; each was a silent or noisy failure in issue 16."""
-import json
 import os
 import shutil
 
@@ -17,8 +16,13 @@ def _committed(workdir):
 
 
 def _fingerprint_finite(workdir, step):
-  meta = json.load(open(os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")))
-  return bool(np.all(np.isfinite(meta["fingerprint"])))
+  """The arrays the checkpoint of `step` holds are all finite (read back with Orbax, no target)."""
+  import jax
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  leaves = [np.asarray(x, np.float32) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(leaves) and all(np.all(np.isfinite(x)) for x in leaves)
 
 
 def _one_line_error(proc):
