@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.top_p = 1.0  # 1.0: off
   c.rollout.min_p = 0.0  # 0.0: off
   c.rollout.logprobs_mode = "full"  # sampler log-probs: full (vocabulary) | truncated (the filtered q)
+  c.rollout.off_policy_steps = 0  # 1: the next rollout runs during this update (one-step-off-policy, async)
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 8  # G completions per prompt

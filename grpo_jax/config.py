@@ -211,6 +211,11 @@ def _validate_objective(c) -> None:
   _one_of(c, "grpo.rollout_is", ROLLOUT_IS)
   _one_of(c, "grpo.rollout_is_level", ROLLOUT_IS_LEVELS)
   _one_of(c, "rollout.logprobs_mode", LOGPROBS_MODES)
+  _check(c.rollout.off_policy_steps in (0, 1) and not isinstance(c.rollout.off_policy_steps, bool),
+         "rollout.off_policy_steps", f"must be 0 (synchronous) or 1 (the next rollout overlaps the update; "
+         f"staleness bound 1), got {c.rollout.off_policy_steps!r}")
+  _check(not (c.rollout.off_policy_steps and g.dynamic_sampling), "rollout.off_policy_steps",
+         "one-step-off rollouts and grpo.dynamic_sampling (several draws per step) do not combine; set one 0")
   _check(g.scale != "batch" or g.estimator == "grpo", "grpo.scale",
          f"'batch' only applies to estimator='grpo' (got estimator={g.estimator!r}; the REINFORCE++ "
          "estimators are batch-normalized already)")

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from grpo_jax import async_rollout as async_lib
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as config_lib
 from grpo_jax import evaluation
@@ -304,6 +305,9 @@ def train(config, workdir: str, *, fresh_start: bool = False) -> dict:
   if config.grpo.dynamic_sampling and jax.process_count() > 1:
     raise config_lib.ConfigError("config.grpo.dynamic_sampling: refilling groups from several rollouts is "
                                  "single-process for now; set it False on multi-host runs")
+  if config.rollout.off_policy_steps and jax.process_count() > 1:
+    raise config_lib.ConfigError("config.rollout.off_policy_steps: the rollout thread's collectives would "
+                                 "race the update's across processes; set it 0 on multi-host runs")
   lock = lock_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
   if lock is not None:
     lock.acquire()  # before anything is written: a second run must not touch the first one's files
@@ -365,9 +369,15 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
   guard = SkipGuard(c.train.max_consecutive_skips, lr=c.optim.lr, temperature=c.rollout.temperature)
   rollout_key = jax.random.PRNGKey(c.seed + 2)
   refill_key = jax.random.PRNGKey(c.seed + 3)  # dynamic sampling's extra draws
+  prefetch = None  # rollout.off_policy_steps = 1: the next rollout runs while this update runs
+  if c.rollout.off_policy_steps:
+    prefetch = async_lib.OneStepOff()
+    opened.append(prefetch)
   preemption.in_loop = True
   for step in range(start, c.train.num_steps):
     t0 = time.time()
+    done = step + 1
+    saves = done % c.checkpoint.every == 0 or done == c.train.num_steps
 
     def draw(i, step=step, params=state.params):  # this step's i-th batch of prompts; 0: the plain rollout
       key = (jax.random.fold_in(rollout_key, step) if i == 0
@@ -382,8 +392,17 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
           draw, num_groups=c.rollout.prompts_per_step, group_size=c.grpo.group_size,
           max_rounds=c.grpo.dynamic_sampling_max_rounds)
     else:
-      ro = draw(0)
+      ro = prefetch.take() if prefetch is not None else None
+      if prefetch is not None:
+        refill_metrics = {"rollout/staleness": float(ro is not None)}  # updates since its sampler params
+      ro = ro or draw(0)
     t_rollout = time.time() - t0
+    if prefetch is not None and not saves:  # never across a checkpoint: a resume redraws the same rollout
+      data_before = exp.iterator.get_state()
+      examples, key = next(exp.iterator), jax.random.fold_in(rollout_key, done)
+      prefetch.start(lambda p, examples=examples, key=key: rollout_lib.rollout(
+          rollout_fn, p, examples, exp.tokenizer, runner, key, group_size=c.grpo.group_size,
+          prompt_len=c.rollout.prompt_len, fmt=exp.fmt, mesh=exp.mesh), state.params, data_before)
     t1 = time.time()
     no_valid = not ro.valid_N.any()  # then nothing to learn from: the update is skipped
     train_metrics, prep_metrics = {"update_skipped": 1.0}, {}
@@ -392,7 +411,6 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
       batch, prep_metrics = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
       state, train_metrics, _ = guarded_update(trainer, state, batch)  # mu x minibatches, one program
     t_train = time.time() - t1
-    done = step + 1
     if c.grpo.ref_reset_every and done % c.grpo.ref_reset_every == 0 and ref_params is not None:
       ref_params = jax.tree.map(lambda x: x.copy(), state.params)  # iterative GRPO (DeepSeekMath §4.1.4)
     metrics = {**train_metrics, **jax.device_get(prep_metrics), **ro.reward_metrics, **ro.metrics,
@@ -407,8 +425,11 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     if c.train.sample_every and done % c.train.sample_every == 0:
       writer.write_samples(done, rollout_lib.sample_table(ro, c.train.num_samples_logged))
     stop = preemption.should_stop(done) and done < c.train.num_steps
-    if done % c.checkpoint.every == 0 or done == c.train.num_steps or stop:
+    if saves or stop:
       meta["data"] = exp.iterator.get_state()
+      if prefetch is not None and prefetch.in_flight:  # a SIGTERM stop: its prompts are drawn again on resume
+        meta["data"] = prefetch.data_state
+        prefetch.drop()
       ckpt.save(done, state, meta, ref_params if _ref_in_checkpoint(c, trainer) else None,
                 metrics=evaluated)
     ckpt.check()  # a failed asynchronous write stops the run here, not at the next save
@@ -419,6 +440,8 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
       log.warning("stopped by SIGTERM at step %d with a checkpoint; rerun the same command to resume", done)
       break
   preemption.in_loop = False
+  if prefetch is not None:
+    prefetch.close()
   writer.close()
   ckpt.close()  # waits for the last save; raises CheckpointWriteError if it failed
   opened.clear()

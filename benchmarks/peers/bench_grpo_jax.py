@@ -28,6 +28,8 @@ def main():
   ap.add_argument("--remat", default="dots", help="ModelConfig.remat of the update (dots: no slower here, "
                                                    "-130 MiB of activations)")
   ap.add_argument("--dtype", default="float32", help="activation/matmul dtype (bfloat16: bf16 matmuls)")
+  ap.add_argument("--off_policy", action="store_true",
+                  help="one-step-off-policy: the next rollout runs (worker thread) during this update")
   ap.add_argument("--compilation_cache", default="",
                   help="JAX persistent compilation cache folder (a warm cache skips the XLA compiles)")
   args = ap.parse_args()
@@ -44,7 +46,7 @@ def main():
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from grpo_jax import hf, rewards, rollout, sampler, sharding, train
+  from grpo_jax import async_rollout, hf, rewards, rollout, sampler, sharding, train
 
   c = common
   model_dir = os.path.join(args.data_dir, "model")
@@ -72,6 +74,7 @@ def main():
   fmt = rollout.PromptFormat(use_chat_template=False)
   key = jax.random.PRNGKey(c.SEED + 1)
 
+  prefetch = async_rollout.OneStepOff() if args.off_policy else None
   step_times, cpu_times, phases, rewards_mean = [], [], [], []
   for step in range(args.steps):
     examples = prompts[step * c.PROMPTS_PER_STEP:(step + 1) * c.PROMPTS_PER_STEP]
@@ -81,8 +84,15 @@ def main():
       jax.profiler.start_trace(args.profile_dir)
     t0, c0 = time.perf_counter(), time.process_time()
     with timer("rollout"):  # sampling on device + decode + reward on host (blocks on the samples)
-      ro = rollout.rollout(generate, state.params, examples, tokenizer, runner, jax.random.fold_in(key, step),
-                           group_size=c.GROUP_SIZE, prompt_len=c.PROMPT_LEN, fmt=fmt)
+      ro = prefetch.take() if prefetch is not None else None  # --off_policy: started during the last update
+      ro = ro or rollout.rollout(generate, state.params, examples, tokenizer, runner,
+                                 jax.random.fold_in(key, step), group_size=c.GROUP_SIZE,
+                                 prompt_len=c.PROMPT_LEN, fmt=fmt)
+    if prefetch is not None and step + 1 < args.steps:
+      nxt = prompts[(step + 1) * c.PROMPTS_PER_STEP:(step + 2) * c.PROMPTS_PER_STEP]
+      prefetch.start(lambda p, ex=nxt, k=jax.random.fold_in(key, step + 1): rollout.rollout(
+          generate, p, ex, tokenizer, runner, k, group_size=c.GROUP_SIZE, prompt_len=c.PROMPT_LEN, fmt=fmt),
+          state.params, None)
     with timer("reference"):  # reference log-probs + advantages
       batch = trainer.shard_batch(ro.batch)
       batch, _ = trainer.prepare(state.params, ref_params, batch, ro.rewards_BxG, ro.valid_N)
@@ -102,7 +112,7 @@ def main():
   timed = phases[args.warmup:]
   phase_median = {k: float(np.median([p[k] for p in timed])) for k in timed[0]}
   impl = ("grpo_jax" + ("-scan-decode" if args.decode == "scan" else "") + ("-bf16" if args.dtype != "float32" else "")
-          + ("-warm-cache" if args.compilation_cache else ""))
+          + ("-off-policy" if args.off_policy else "") + ("-warm-cache" if args.compilation_cache else ""))
   common.emit(common.summarize(impl, step_times, warmup=args.warmup, cpu_times=cpu_times, extra={
       "version": grpo_jax.__version__, "jax": jax.__version__, "setup_s": setup_s,
       "phases_per_step_s": [{k: round(v, 4) for k, v in p.items()} for p in phases],

@@ -16,7 +16,7 @@ DATA="${PEER_DATA:-/tmp/grpo_jax_peer_data}"
 OUT="${PEER_OUT:-$HERE/results}"
 REPEATS="${REPEATS:-3}"
 STEPS="${STEPS:-9}"
-IMPLS="${IMPLS:-grpo_jax grpo_jax-warm-cache grpo_jax-bf16 tunix trl trl-no-gc}"
+IMPLS="${IMPLS:-grpo_jax grpo_jax-warm-cache grpo_jax-bf16 grpo_jax-off-policy tunix trl trl-no-gc}"
 TUNIX_VERSION="0.1.7"
 TRL_VERSION="1.16.0"
 TORCH_VERSION="2.13.0"  # the local wheel; any other version downloads GBs
@@ -100,6 +100,8 @@ for round in $(seq 1 "$REPEATS"); do
                              --steps "$STEPS" --compilation_cache "$XLA_CACHE" ;;
       grpo_jax-bf16) record grpo_jax-bf16 "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
                        --steps "$STEPS" --dtype bfloat16 ;;  # item 5: bf16 matmuls, f32 accumulation
+      grpo_jax-off-policy) record grpo_jax-off-policy "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
+                             --steps "$STEPS" --off_policy ;;  # rollout of step t+1 during update t
       grpo_jax-scan-decode) record grpo_jax-scan-decode "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
                               --steps "$STEPS" --decode scan ;;
       tunix) record tunix "$round" "$PY_TUNIX" "$HERE/bench_tunix.py" "$DATA" --steps "$STEPS" ;;
