@@ -72,6 +72,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.logprobs_mode = "full"  # sampler log-probs: full (vocabulary) | truncated (the filtered q)
   c.rollout.off_policy_steps = 0  # 1: the next rollout runs during this update (one-step-off-policy, async)
 
+  # Multi-turn / tool-use episodes (grpo_jax.env, grpo_jax.multiturn): the model takes up to max_turns turns
+  # of rollout.max_new_tokens tokens; the environment's observations are context, masked out of the loss.
+  c.env = ml_collections.ConfigDict()
+  c.env.name = ""  # "": single-turn rollouts; "calculator", a register_env name, or "package.module:factory"
+  c.env.kwargs = ml_collections.ConfigDict()  # options of the environment factory
+  c.env.max_turns = 3  # model turns per episode at most
+  c.env.max_obs_tokens = 16  # tokens per environment observation at most (longer ones are cut)
+
   c.grpo = ml_collections.ConfigDict()
   c.grpo.group_size = 8  # G completions per prompt
   c.grpo.estimator = "grpo"  # grpo | dr_grpo | rloo

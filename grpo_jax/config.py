@@ -172,6 +172,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       detail = e.args[0] if e.args else e  # a KeyError's str() would quote the message
       raise ConfigError(f"config.rewards.names: reward function {name!r}: {detail}") from e
 
+  from grpo_jax import env as env_lib  # local: importing a config module stays light
+  env_lib.validate_config(c, _check)
+
   _check(c.optim.schedule in ("constant", "cosine"), "optim.schedule", "must be 'constant' or 'cosine'")
   for key, ok, allowed in (("optim.lr", lambda v: v > 0, "> 0"),
                            ("optim.weight_decay", lambda v: v >= 0, ">= 0"),

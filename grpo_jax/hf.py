@@ -216,7 +216,7 @@ def read_hf_config(path) -> dict:
 
 
 def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, scan_layers: bool = True,
-                    scan_decode: bool = True, remat: str = "none") -> model_lib.Decoder:
+                    scan_decode: bool = True, remat: str = "none", head: str = "lm") -> model_lib.Decoder:
   """A `Decoder` from a local Hugging Face directory (config.json + *.safetensors).
 
   Args:
@@ -225,15 +225,23 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, sc
     mesh: a `(data, fsdp, tensor)` mesh (`grpo_jax.sharding.make_mesh`); parameters are placed
       directly into `grpo_jax.sharding.param_shardings`. None: the default device.
     scan_layers, scan_decode, remat: how forwards apply the layers (`grpo_jax.model.ModelConfig`).
+    head: "lm" (a causal LM: `lm_head.weight` unless tied) or "none": the decoder body only, for
+      checkpoints with another head (`*ForSequenceClassification`'s `score.weight`, read by the caller,
+      see `grpo_jax.reward_model`); the model then has no `lm_head` and tensors outside `model.` are
+      not checked.
 
   The returned module has `hf_config_json` (the source config, a static string attribute that
   survives `nnx.split`/`nnx.merge`) so that `save_pretrained` writes the same config back.
   Raises ValueError naming the HF key on a missing, unexpected or wrongly shaped tensor.
   """
   path = os.fspath(path)
+  if head not in ("lm", "none"):
+    raise ValueError(f"head must be 'lm' or 'none', got {head!r}")
   hf_config = read_hf_config(path)
   config = dataclasses.replace(config_from_hf(hf_config, dtype, param_dtype), scan_layers=scan_layers,
                                scan_decode=scan_decode, remat=remat)
+  if head == "none":  # tied: no lm_head parameter (the logits of this model are not meant to be used)
+    config = dataclasses.replace(config, tie_embeddings=True)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, nnx.Rngs(0))))
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -251,7 +259,8 @@ def from_pretrained(path, dtype=jnp.bfloat16, *, mesh=None, param_dtype=None, sc
     for p, var in nnx.to_flat_state(abstract):
       keys, kind, stacked = _hf_names(p, config.num_layers)
       expected[p] = (keys, var, kind, stacked)
-    _check_keys(path, config, expected, files)
+    _check_keys(path, config, expected,
+                files if head == "lm" else {k: f for k, f in files.items() if k.startswith("model.")})
 
     flat = []
     for (p, (keys, var, kind, stacked)), sharding in zip(expected.items(), shardings):

@@ -30,9 +30,11 @@ from flax import nnx
 from grpo_jax import async_rollout as async_lib
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as config_lib
+from grpo_jax import env as env_lib
 from grpo_jax import evaluation
 from grpo_jax import lock as lock_lib
 from grpo_jax import metrics as metrics_lib
+from grpo_jax import multiturn
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import rollout as rollout_lib
 from grpo_jax import sampler as sampler_lib
@@ -341,6 +343,7 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
   _record_config(workdir, c, start)
   runner = _reward_runner(c)
   correct_fn = _eval_correctness(c)
+  env_spec = env_lib.from_config(c)  # None: single-turn rollouts
   rollout_fn = _sampler(exp, c.rollout.temperature, logprobs_mode=c.rollout.logprobs_mode)
   greedy_fn = _sampler(exp, 0.0)
   eval_sample_fn = _sampler(exp, c.eval.temperature) if c.eval.k else None
@@ -348,7 +351,12 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
 
   def run_eval(step, params):
     t0 = time.time()
-    m = evaluation.evaluate(
+    if env_spec is not None:
+      m = multiturn.evaluate(greedy_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
+                             correct_fn, jax.random.fold_in(eval_rng, step), batch_size=c.eval.batch_size,
+                             prompt_len=c.rollout.prompt_len, fmt=exp.fmt, spec=env_spec)
+    else:
+      m = evaluation.evaluate(
         greedy_fn, eval_sample_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
         correct_fn, rewards_lib.extract_answer, jax.random.fold_in(eval_rng, step),
         batch_size=c.eval.batch_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt, k=c.eval.k,
@@ -382,6 +390,10 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     def draw(i, step=step, params=state.params):  # this step's i-th batch of prompts; 0: the plain rollout
       key = (jax.random.fold_in(rollout_key, step) if i == 0
              else jax.random.fold_in(jax.random.fold_in(refill_key, step), i))
+      if env_spec is not None:  # multi-turn episodes with the environment
+        return multiturn.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
+                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len,
+                                 fmt=exp.fmt, spec=env_spec, mesh=exp.mesh)
       return rollout_lib.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
                                  group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt,
                                  mesh=exp.mesh)

@@ -139,9 +139,21 @@ def exact_match(prompts, completions, answer, **_) -> list[float]:
   return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
 
 
+def env_reward(prompts, completions, env_reward, **_) -> list[float]:
+  """The episode reward of a multi-turn environment: the ``env_reward`` column (`grpo_jax.multiturn`)."""
+  return [float(r) for r in env_reward]
+
+
+def reward_model(path: str = "", **options) -> RewardFn:
+  """Scores from a local Hugging Face sequence-classification reward model, on device (a factory: the
+  options are those of `grpo_jax.reward_model.reward_model_reward`, e.g. ``path``, ``batch_size``)."""
+  from grpo_jax import reward_model as reward_model_lib  # local: JAX and the checkpoint only when used
+  return reward_model_lib.reward_model_reward(path, **options)
+
+
 _REWARDS = {"math_correctness": math_correctness, "format": format_reward, "countdown": countdown_reward,
-      "exact_match": exact_match}
-_FACTORIES = {"soft_overlong_penalty": soft_overlong_penalty}
+      "exact_match": exact_match, "env_reward": env_reward}
+_FACTORIES = {"soft_overlong_penalty": soft_overlong_penalty, "reward_model": reward_model}
 _FILE_MODULES: dict[str, types.ModuleType] = {}  # reward files imported by path, by absolute path
 
 
@@ -309,6 +321,9 @@ class RewardRunner:
   marked invalid (``on_error="drop"``: ``valid`` is False and
   ``total`` is 0 there; the trainer must mask it out). Every failure is counted in
   ``RewardResult.failures`` and logged as one warning line.
+
+  A function with a ``prepare`` attribute (e.g. ``reward_model``: load the checkpoint, compile) has it
+  called once here, outside the per-call timeout.
   """
 
   def __init__(self, fns: Sequence[RewardFn], weights: Sequence[float] | None = None, *,
@@ -325,6 +340,9 @@ class RewardRunner:
     self.fns, self.weights, self.names = list(fns), weights, names
     self.timeout_s, self.on_error, self.fallback = timeout_s, on_error, fallback
     self._pool = reward_threads.WorkerPool()
+    for fn in self.fns:
+      if callable(getattr(fn, "prepare", None)):
+        fn.prepare()
 
   @property
   def abandoned(self) -> dict[str, int]:

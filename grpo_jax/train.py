@@ -11,6 +11,8 @@ A `Batch` is a dict of device arrays:
   old_logp, ref_logp          [N, T]  behaviour-policy and reference log-probs
   advantages                  [N]     or [N, T] (process supervision)
   loss_mask                   [N, T]  mask with filtered sequences zeroed (dynamic sampling, overlong)
+  action_mask (optional)      [N, T]  multi-turn rollouts (`grpo_jax.multiturn`): 1 on the policy's tokens,
+                                      0 on environment tokens, which `mask` keeps as attended context
 """
 
 from __future__ import annotations
@@ -161,18 +163,21 @@ def prepare_batch(graphdef, params, ref_params, batch, rewards_BxG, valid_N, *, 
   args = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], batch["mask"], temperature,
           cfg.logprob_chunk)
   out["behaviour_logp"] = jax.lax.stop_gradient(batch["old_logp"])
+  # The tokens the policy chose: environment tokens of multi-turn rollouts are context, not actions, and
+  # stay out of the loss, the KL and the rollout correction.
+  act = batch.get("action_mask", batch["mask"])
   metrics = {}
   if rescore_old:
     out["old_logp"] = scored_in_parts(graphdef, params, args, score_parts)
-    metrics.update(correction.mismatch_metrics(out["old_logp"], out["behaviour_logp"], batch["mask"]))
+    metrics.update(correction.mismatch_metrics(out["old_logp"], out["behaviour_logp"], act))
   out["old_logp"] = jax.lax.stop_gradient(out["old_logp"])
-  mask = batch["mask"].astype(jnp.float32)
+  mask = act.astype(jnp.float32)
   need_ref = ref_params is not None
   out["ref_logp"] = (scored_in_parts(graphdef, ref_params, args, score_parts) if need_ref
                      else jnp.zeros_like(out["old_logp"]))
   if cfg.rollout_is != "none":
     out["is_weight"], is_metrics = correction.rollout_is_weights(
-        out["old_logp"], out["behaviour_logp"], batch["mask"], mode=cfg.rollout_is,
+        out["old_logp"], out["behaviour_logp"], act, mode=cfg.rollout_is,
         level=cfg.rollout_is_level, threshold=cfg.rollout_is_threshold)
     metrics.update(is_metrics)
   rewards = rewards_BxG

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from grpo_jax.tasks.arithmetic import make_arithmetic, make_arithmetic_split
+from grpo_jax.tasks.calculator import make_calculator_split
 from grpo_jax.tasks.countdown import make_countdown, make_countdown_split
 from grpo_jax.tasks.data import PromptIterator
 from grpo_jax.tasks.local import load_local_file
@@ -16,9 +17,9 @@ from grpo_jax.tasks.math_files import LoadReport, load_gsm8k, load_math, load_ma
 
 __all__ = ["get_task", "format_prompt", "PromptIterator", "make_arithmetic", "make_arithmetic_split",
       "make_countdown", "make_countdown_split", "load_math_file", "load_gsm8k", "load_math", "LoadReport",
-      "load_local_file"]
+      "load_local_file", "make_calculator_split"]
 
-TASKS = ("arithmetic", "countdown", "gsm8k", "math", "local")
+TASKS = ("arithmetic", "countdown", "gsm8k", "math", "local", "calculator")
 
 
 def _file_task(load, *, train_path: str, eval_path: str | None = None, num_eval: int = 0,
@@ -44,6 +45,8 @@ def get_task(name: str, **kwargs) -> tuple[list[dict], list[dict]]:
   - ``"arithmetic"``: ``num_train=10000, num_eval=256, seed=0`` and the knobs of `make_arithmetic`
    (num_digits, num_operands, ops, template); eval questions never occur in train.
   - ``"countdown"``: ``num_train=4096, num_eval=256, seed=0`` and the knobs of `make_countdown`.
+  - ``"calculator"``: ``num_train=10000, num_eval=256, seed=0``, ``num_digits``, ``tool_frac``: products
+   to compute with a calculator tool (`tasks.calculator`; a multi-turn task: ``env.name="calculator"``).
   - ``"gsm8k"`` / ``"math"``: ``train_path`` (required), ``eval_path=None``, ``num_eval=0``, ``seed=0``:
    local JSON-lines/Parquet files (see `load_math_file`); without ``eval_path``, ``num_eval`` rows of the
    train file are held out.
@@ -56,6 +59,9 @@ def get_task(name: str, **kwargs) -> tuple[list[dict], list[dict]]:
     num_eval = kwargs.pop("num_eval", 256)
     split = make_arithmetic_split if name == "arithmetic" else make_countdown_split
     return split(num_train, num_eval, seed=kwargs.pop("seed", 0), **kwargs)
+  if name == "calculator":
+    return make_calculator_split(kwargs.pop("num_train", 10000), kwargs.pop("num_eval", 256),
+                                 seed=kwargs.pop("seed", 0), **kwargs)
   if name in ("gsm8k", "math", "local"):
     if "train_path" not in kwargs:
       raise ValueError(f"task {name!r} needs train_path=<local .jsonl/.parquet file>")
