@@ -10,6 +10,11 @@ Runs in a few minutes on 2 CPU cores:
 
   python -m grpo_jax.main --config experiments/calculator.py --workdir /tmp/grpo_calculator
 
+One run of this command (2 CPU cores shared with other jobs: 388 s of CPU time, 15.6 min wall, 12.2 of
+them the warm start): held-out greedy accuracy 18.8% after the warm start -> 94.5% after 10 GRPO steps ->
+93.0% after 30; the training reward rose from 0.20 (step 1) to 0.77-0.98 (steps 7-30) as calculator
+calls per episode went from 0.21 to 0.95 (step 10) and 0.97-1.00 from step 11 on.
+
 Every field not set here is documented in `default.py`.
 """
 
