@@ -119,6 +119,11 @@ def from_config(c) -> EnvSpec | None:
   """The `EnvSpec` of a config's `env` section; None when `env.name` is "" (single-turn rollouts)."""
   if "env" not in c or not c.env.name:
     return None
+  import jax  # local: the config side of this module stays light
+  if jax.process_count() > 1:
+    from grpo_jax.config import ConfigError
+    raise ConfigError(f"config.env.name: multi-turn rollouts ({c.env.name!r}) are single-process for now; "
+                      "run them on one host or set env.name=''")
   return EnvSpec(factory=env_factory(c.env.name, **dict(c.env.kwargs)), max_turns=int(c.env.max_turns),
                  max_obs_tokens=int(c.env.max_obs_tokens), turn_tokens=int(c.rollout.max_new_tokens))
 

@@ -377,6 +377,16 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
   guard = SkipGuard(c.train.max_consecutive_skips, lr=c.optim.lr, temperature=c.rollout.temperature)
   rollout_key = jax.random.PRNGKey(c.seed + 2)
   refill_key = jax.random.PRNGKey(c.seed + 3)  # dynamic sampling's extra draws
+
+  def sample(params, examples, key):  # single-turn, or multi-turn episodes with the environment
+    if env_spec is not None:
+      return multiturn.rollout(rollout_fn, params, examples, exp.tokenizer, runner, key,
+                               group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt,
+                               spec=env_spec, mesh=exp.mesh)
+    return rollout_lib.rollout(rollout_fn, params, examples, exp.tokenizer, runner, key,
+                               group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt,
+                               mesh=exp.mesh)
+
   prefetch = None  # rollout.off_policy_steps = 1: the next rollout runs while this update runs
   if c.rollout.off_policy_steps:
     prefetch = async_lib.OneStepOff()
@@ -390,13 +400,7 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     def draw(i, step=step, params=state.params):  # this step's i-th batch of prompts; 0: the plain rollout
       key = (jax.random.fold_in(rollout_key, step) if i == 0
              else jax.random.fold_in(jax.random.fold_in(refill_key, step), i))
-      if env_spec is not None:  # multi-turn episodes with the environment
-        return multiturn.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
-                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len,
-                                 fmt=exp.fmt, spec=env_spec, mesh=exp.mesh)
-      return rollout_lib.rollout(rollout_fn, params, next(exp.iterator), exp.tokenizer, runner, key,
-                                 group_size=c.grpo.group_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt,
-                                 mesh=exp.mesh)
+      return sample(params, next(exp.iterator), key)
 
     refill_metrics = {}
     if c.grpo.dynamic_sampling:
@@ -412,9 +416,8 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     if prefetch is not None and not saves:  # never across a checkpoint: a resume redraws the same rollout
       data_before = exp.iterator.get_state()
       examples, key = next(exp.iterator), jax.random.fold_in(rollout_key, done)
-      prefetch.start(lambda p, examples=examples, key=key: rollout_lib.rollout(
-          rollout_fn, p, examples, exp.tokenizer, runner, key, group_size=c.grpo.group_size,
-          prompt_len=c.rollout.prompt_len, fmt=exp.fmt, mesh=exp.mesh), state.params, data_before)
+      prefetch.start(lambda p, examples=examples, key=key: sample(p, examples, key), state.params,
+                     data_before)
     t1 = time.time()
     no_valid = not ro.valid_N.any()  # then nothing to learn from: the update is skipped
     train_metrics, prep_metrics = {"update_skipped": 1.0}, {}
