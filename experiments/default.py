@@ -124,6 +124,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.99  # Adam second-moment decay
   c.optim.grad_clip = 1.0  # global-norm clipping
 
+  # LoRA (Hu et al. 2021): train low-rank adapters W + (alpha / rank) * A B on the chosen projections of
+  # every layer; the base stays frozen and is the reference model. Checkpoints hold the adapters and
+  # their AdamW moments, not the base (rebuilt from model.source on resume; saved with each checkpoint
+  # only when the sft warm start made it). train.export_hf writes the merged model.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # adapter rank r (0: full fine-tuning)
+  c.lora.alpha = 16.0  # the adapter update is scaled by alpha / rank
+  c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")  # the adapted projections
+
   c.sft = ml_collections.ConfigDict()
   c.sft.steps = 1000  # supervised warm-start steps before GRPO (0: none)
   c.sft.batch_size = 64  # demonstrations per warm-start step

@@ -29,8 +29,9 @@ OLD_LOGP = ("sampler", "rescore")
 MODEL_SOURCES = ("tiny", "hf")
 REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")  # grpo_jax.model.REMAT_CHOICES
 FILE_TASKS = ("gsm8k", "math", "local")  # tasks read from task.kwargs.train_path / eval_path
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # grpo_jax.lora.TARGETS
 REQUIRED = ("seed", "mesh", "model", "tokenizer", "task", "prompt", "rewards", "rollout", "grpo",
-            "optim", "train", "eval", "checkpoint", "sft")
+            "optim", "train", "eval", "checkpoint", "sft", "lora")
 
 
 class ConfigError(ValueError):
@@ -143,6 +144,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check(g.norm_len is None or g.agg == "seq-mean-token-sum-norm", "grpo.norm_len",
          "is only used with agg='seq-mean-token-sum-norm'")
   _validate_objective(c)
+  _validate_lora(c)
   n = r.prompts_per_step * g.group_size
   per_update = n // g.num_minibatches if n % g.num_minibatches == 0 else None
   _check(per_update is not None, "grpo.num_minibatches",
@@ -243,6 +245,20 @@ def _validate_objective(c) -> None:
          f"must be >= 1, got {g.dynamic_sampling_max_rounds}")
   _check(isinstance(g.logprob_chunk, int) and g.logprob_chunk >= 0, "grpo.logprob_chunk",
          f"must be an int >= 0 (0: unchunked), got {g.logprob_chunk!r}")
+
+
+def _validate_lora(c) -> None:
+  """LoRA: rank (0: off), alpha, the adapted projections; the reference is then the frozen base."""
+  _number(c, "lora.rank", lambda v: v >= 0, ">= 0 (0: full fine-tuning)", integer=True)
+  _number(c, "lora.alpha", lambda v: v > 0, "> 0 (the update is scaled by alpha / rank)")
+  targets = c.lora.targets
+  _check(isinstance(targets, (tuple, list)) and len(targets) >= 1 and all(t in LORA_TARGETS for t in targets)
+         and len(set(targets)) == len(targets), "lora.targets",
+         f"{targets!r} is not allowed; allowed: distinct names from {list(LORA_TARGETS)}")
+  if c.lora.rank:
+    _check(c.grpo.ref_reset_every == 0, "grpo.ref_reset_every",
+           f"{c.grpo.ref_reset_every} resets the reference to the policy; with LoRA (lora.rank="
+           f"{c.lora.rank}) the reference is the frozen base: set 0")
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grpo_jax import lora as lora_lib
 from grpo_jax import sharding as shd
 from grpo_jax import tasks as tasks_lib
 from grpo_jax import tokenizer as tokenizer_lib
@@ -16,6 +18,8 @@ from grpo_jax import train as train_lib
 from grpo_jax.model import Decoder, ModelConfig
 from grpo_jax.rollout import PromptFormat
 from grpo_jax.tasks.data import PromptIterator
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -69,6 +73,13 @@ def advantage_config(c) -> train_lib.AdvantageConfig:
       rollout_is_threshold=float(g.rollout_is_threshold), logprob_chunk=int(g.logprob_chunk))
 
 
+def lora_config(c) -> lora_lib.LoRAConfig | None:
+  """The LoRA settings, or None for full fine-tuning (`lora.rank` 0)."""
+  if not c.lora.rank:
+    return None
+  return lora_lib.LoRAConfig(rank=int(c.lora.rank), alpha=float(c.lora.alpha), targets=tuple(c.lora.targets))
+
+
 def build_experiment(c) -> Experiment:
   mesh = shd.make_mesh(tuple(c.mesh))
   tok_path = c.tokenizer or c.model.path
@@ -87,7 +98,10 @@ def build_experiment(c) -> Experiment:
       graphdef, params, mesh, tx=tx, schedule=schedule, loss_cfg=loss_config(c),
       adv_cfg=advantage_config(c), group_size=c.grpo.group_size, grad_accum=c.grpo.grad_accum,
       rescore_old=c.grpo.old_logp == "rescore", num_iterations=c.grpo.num_iterations,
-      num_minibatches=c.grpo.num_minibatches)
+      num_minibatches=c.grpo.num_minibatches, lora=lora_config(c))
+  if trainer.lora is not None:
+    log.info("LoRA rank %d on %s: %d trainable parameters, %d in the frozen base", trainer.lora.rank,
+             ",".join(trainer.lora.targets), trainer.num_trainable, lora_lib.num_params(params))
   task_kwargs = {k: v for k, v in dict(c.task.kwargs).items() if v != ""}  # "": not given
   train_examples, eval_examples = tasks_lib.get_task(c.task.name, **task_kwargs)
   fmt = PromptFormat(system_prompt=c.prompt.system_prompt or None,

@@ -173,8 +173,9 @@ def _sampler(exp: Experiment, temperature: float, **overrides):
 
 
 def _ref_in_checkpoint(c, trainer) -> bool:
-  """The reference is saved unless it is the initial model, which `build_experiment` rebuilds."""
-  return trainer.need_ref and bool(c.grpo.ref_reset_every or c.sft.steps)
+  """The reference is saved unless it is the initial model, which `build_experiment` rebuilds. (With LoRA
+  it is the frozen base, kept whatever beta is, and saved only when a warm start made it.)"""
+  return trainer.keeps_ref and bool(c.grpo.ref_reset_every or c.sft.steps)
 
 
 def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer, fresh_start: bool):
@@ -185,12 +186,12 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer, fresh_start: 
   abstract_state = ckpt_lib.abstract_like(
       jax.eval_shape(trainer.init_state, exp.params, jax.random.PRNGKey(0)), trainer.state_shardings)
   abstract_ref = (ckpt_lib.abstract_like(exp.params, trainer.param_shardings)
-                  if trainer.need_ref else None)
+                  if trainer.keeps_ref else None)
   restored = ckpt.restore(abstract_state, abstract_ref)
   if restored is not None:
     step, state, ref, meta = restored
     log.info("resumed from %s at step %d", ckpt.directory, step)
-    if trainer.need_ref and ref is None:
+    if trainer.keeps_ref and ref is None:
       if _ref_in_checkpoint(c, trainer):
         raise ckpt_lib.CheckpointCorrupt(f"checkpoint at step {step} lacks the reference params")
       ref = exp.params  # the reference is the initial model, rebuilt by build_experiment
@@ -220,7 +221,10 @@ def _init_or_restore(exp: Experiment, ckpt: ckpt_lib.Checkpointer, fresh_start: 
     log.info("supervised warm start: %d steps, final loss %.4f, %.1f s", c.sft.steps, loss,
              time.time() - t0)
   state = trainer.init_state(params, jax.random.PRNGKey(c.seed))
-  ref = jax.tree.map(lambda x: x.copy(), state.params) if trainer.need_ref else None
+  if trainer.lora is not None:
+    ref = params  # LoRA: the frozen base is the reference, the same arrays (no copy)
+  else:
+    ref = jax.tree.map(lambda x: x.copy(), state.params) if trainer.need_ref else None
   return None, state, ref, meta
 
 
@@ -337,6 +341,8 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
                                async_save=c.checkpoint.async_save)
   opened.append(ckpt)
   restored, state, ref_params, meta = _init_or_restore(exp, ckpt, fresh_start)
+  if trainer.lora is not None:
+    trainer.base = ref_params  # LoRA: the base the adapters train on (warm-started or restored)
   if meta.get("data"):
     exp.iterator.set_state(meta["data"])
   start = restored or 0  # the GRPO step: skipped updates do not advance state.step
@@ -351,16 +357,17 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
 
   def run_eval(step, params):
     t0 = time.time()
+    params = trainer.policy_params(params)  # LoRA: the adapters merged into the base
     if env_spec is not None:
       m = multiturn.evaluate(greedy_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
                              correct_fn, jax.random.fold_in(eval_rng, step), batch_size=c.eval.batch_size,
                              prompt_len=c.rollout.prompt_len, fmt=exp.fmt, spec=env_spec)
     else:
       m = evaluation.evaluate(
-        greedy_fn, eval_sample_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
-        correct_fn, rewards_lib.extract_answer, jax.random.fold_in(eval_rng, step),
-        batch_size=c.eval.batch_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt, k=c.eval.k,
-        mesh=exp.mesh)
+          greedy_fn, eval_sample_fn, params, exp.eval_examples[:c.eval.num_examples], exp.tokenizer,
+          correct_fn, rewards_lib.extract_answer, jax.random.fold_in(eval_rng, step),
+          batch_size=c.eval.batch_size, prompt_len=c.rollout.prompt_len, fmt=exp.fmt, k=c.eval.k,
+          mesh=exp.mesh)
     m["time/eval_s"] = time.time() - t0
     log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in m.items()})
     return m
@@ -396,8 +403,9 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     t0 = time.time()
     done = step + 1
     saves = done % c.checkpoint.every == 0 or done == c.train.num_steps
+    policy = trainer.policy_params(state.params)  # LoRA: the adapters merged into the base
 
-    def draw(i, step=step, params=state.params):  # this step's i-th batch of prompts; 0: the plain rollout
+    def draw(i, step=step, params=policy):  # this step's i-th batch of prompts; 0: the plain rollout
       key = (jax.random.fold_in(rollout_key, step) if i == 0
              else jax.random.fold_in(jax.random.fold_in(refill_key, step), i))
       return sample(params, next(exp.iterator), key)
@@ -416,8 +424,8 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
     if prefetch is not None and not saves:  # never across a checkpoint: a resume redraws the same rollout
       data_before = exp.iterator.get_state()
       examples, key = next(exp.iterator), jax.random.fold_in(rollout_key, done)
-      prefetch.start(lambda p, examples=examples, key=key: sample(p, examples, key), state.params,
-                     data_before)
+      prefetch.start(lambda p, examples=examples, key=key: sample(p, examples, key), policy, data_before)
+    del draw, policy  # LoRA: the merged copy is not kept through the update
     t1 = time.time()
     no_valid = not ro.valid_N.any()  # then nothing to learn from: the update is skipped
     train_metrics, prep_metrics = {"update_skipped": 1.0}, {}
@@ -474,7 +482,8 @@ def _train(config, workdir: str, preemption: _Preemption, fresh_start: bool, ope
   if c.train.export_hf:
     from grpo_jax import hf
     export_dir = os.path.join(workdir, "hf_export")
-    hf.save_pretrained(nnx.merge(exp.graphdef, state.params), export_dir)  # collective: every process
+    policy = nnx.merge(exp.graphdef, trainer.policy_params(state.params))  # LoRA: merged into the base
+    hf.save_pretrained(policy, export_dir)  # collective: every process
     if jax.process_index() == 0:
       exp.tokenizer.save_pretrained(export_dir)  # the vocabulary and chat template beside the weights
   return summary

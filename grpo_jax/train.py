@@ -18,6 +18,7 @@ A `Batch` is a dict of device arrays:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from grpo_jax import advantages as adv_lib
 from grpo_jax import correction
 from grpo_jax import hostmem
+from grpo_jax import lora as lora_lib
 from grpo_jax import losses
 from grpo_jax.chunked_logprobs import chunked_logprobs
 from grpo_jax import sharding as shd
@@ -218,9 +220,13 @@ def global_token_count(mb, cfg: LossConfig):
   return mb["tokens_per_seq"].shape[0] * jnp.max(mb["tokens_per_seq"])
 
 
-def loss_fn(params, graphdef, mb, cfg: LossConfig):
+def loss_fn(params, graphdef, mb, cfg: LossConfig, merge=None):
   """GRPO loss of one microbatch (dict as `Batch`), returning `(loss, metrics)`. Uses the batch's
-  `is_weight` (rollout correction) and `tokens_per_seq` ("token-mean-global") when they are present."""
+  `is_weight` (rollout correction) and `tokens_per_seq` ("token-mean-global") when they are present.
+  With `merge` (LoRA: `lora.merge` with the frozen base bound) `params` are the adapters and the decoder
+  runs on `merge(params)`."""
+  if merge is not None:
+    params = merge(params)
   logp, entropy = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_mask"],
                                       mb["tokens"], mb["mask"], cfg.temperature, cfg.logprob_chunk,
                                       entropy_grad=cfg.entropy_coef != 0)
@@ -256,21 +262,22 @@ def strided_split(batch, num: int):
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, cfg: LossConfig, grad_accum: int = 1):
+               schedule: optax.Schedule, cfg: LossConfig, grad_accum: int = 1, merge=None):
   """One optimizer update on `batch` (N sequences), accumulating gradients over `grad_accum`
   equal microbatches (`strided_split`) with `lax.scan`. The loss is the mean of the microbatch losses,
   which equals the full-batch loss for the sequence-mean aggregations (equal microbatch sizes).
 
   A non-finite loss, gradient, update or new parameter norm skips the update: the state is returned
-  unchanged (params, optimizer state, step) and `metrics["update_skipped"]` is 1."""
+  unchanged (params, optimizer state, step) and `metrics["update_skipped"]` is 1. With `merge` (LoRA, see
+  `loss_fn`) `state.params` are the adapters: they alone are differentiated and updated."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum == 1:  # no scan: a smaller program, faster to compile
-    (loss, metrics), grads = grad_fn(state.params, graphdef, batch, cfg)
+    (loss, metrics), grads = grad_fn(state.params, graphdef, batch, cfg, merge)
     return _apply_update(state, grads, loss, metrics, tx, schedule)
 
   def accumulate(carry, mb):
     grads_acc, loss_acc = carry
-    (loss, metrics), grads = grad_fn(state.params, graphdef, mb, cfg)
+    (loss, metrics), grads = grad_fn(state.params, graphdef, mb, cfg, merge)
     grads_acc = jax.tree.map(lambda a, g: a + g / grad_accum, grads_acc, grads)
     return (grads_acc, loss_acc + loss / grad_accum), metrics
 
@@ -314,52 +321,91 @@ def rollout_update(state: TrainState, batch, *, num_iterations: int = 1, num_min
 
 
 class Trainer:
-  """Holds the jitted update and preparation functions for one model, mesh and config."""
+  """Holds the jitted update and preparation functions for one model, mesh and config.
+
+  With `lora` (a `lora.LoRAConfig`) the state's params are the adapters (`lora.init_adapters`): they alone
+  are in the optimizer and the checkpoint, and every program runs the decoder on `lora.merge(self.base,
+  adapters)`. `self.base` is the frozen base (default: `params`; the loop sets it after a warm start or a
+  restore) and is the reference model as well."""
 
   skips_nonfinite = True  # `train_step` leaves the state unchanged on a non-finite update (loop.guarded_update)
 
   def __init__(self, graphdef, params, mesh: Mesh, *, tx, schedule, loss_cfg: LossConfig,
                adv_cfg: AdvantageConfig, group_size: int, grad_accum: int = 1,
                rescore_old: bool = False, num_iterations: int = 1, num_minibatches: int = 1,
-               score_parts: int | None = None):
+               score_parts: int | None = None, lora: lora_lib.LoRAConfig | None = None):
     hostmem.trim_after_compiles()  # compile garbage goes back to the OS before the programs run
-    self.param_shardings = shd.param_shardings(params, mesh)
+    self.param_shardings = shd.param_shardings(params, mesh)  # the decoder's (and the LoRA base's)
     graphdef = model_lib.bind_mesh(graphdef, self.param_shardings, mesh)
-    self.graphdef, self.mesh, self.tx = graphdef, mesh, tx
+    self.graphdef, self.mesh, self.tx, self.lora = graphdef, mesh, tx, lora
+    self.base = params if lora is not None else None
     repl = shd.replicated(mesh)
-    opt_shape = jax.eval_shape(tx.init, params)
+    # What the optimizer updates: the params, or with LoRA the adapters.
+    trainable = (params if lora is None else
+                 jax.eval_shape(lambda p: lora_lib.init_adapters(p, lora, jax.random.PRNGKey(0)), params))
+    self.trainable_shardings = shd.param_shardings(trainable, mesh)
+    self.num_trainable = lora_lib.num_params(trainable)
+    opt_shape = jax.eval_shape(tx.init, trainable)
     # Optimizer moments shard like the parameters they follow; scalars (counts) are replicated.
     self.opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, opt_shape, self.param_shardings, transform_non_params=lambda _: repl,
+        tx, lambda _, s: s, opt_shape, self.trainable_shardings, transform_non_params=lambda _: repl,
         is_leaf=lambda x: isinstance(x, NamedSharding))
-    self.state_shardings = TrainState(params=self.param_shardings, opt_state=self.opt_shardings,
+    self.state_shardings = TrainState(params=self.trainable_shardings, opt_state=self.opt_shardings,
                                       step=repl, rng=repl)
-    self._init = jax.jit(lambda p, rng: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32), rng),
-                         out_shardings=self.state_shardings)
+
+    def init(p, rng):
+      t = p if lora is None else lora_lib.init_adapters(p, lora,
+                                                         jax.random.fold_in(rng, lora_lib.INIT_SALT))
+      return TrainState(t, tx.init(t), jnp.zeros((), jnp.int32), rng)
+
+    self._init = jax.jit(init, out_shardings=self.state_shardings)
+    # With LoRA every jitted function takes the frozen base as one more (last) argument, `*base`, and
+    # `merge(*base)` maps the adapters to the decoder's params; without LoRA it is None.
+    merge = lambda *base: (functools.partial(lora_lib.merge, base[0], scale=lora.scale)  # noqa: E731
+                           if base else None)
+    base_sh = () if lora is None else (self.param_shardings,)
     step_kwargs = dict(graphdef=graphdef, tx=tx, schedule=schedule, cfg=loss_cfg, grad_accum=grad_accum)
     # Every batch array has the N rows first: one spec shards them all over the data axes.
     rows = self.row_sharding = shd.batch_sharding(mesh, 1)
     self._step = jax.jit(
-        lambda s, b: train_step(s, b, **step_kwargs),
-        in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, repl),
+        lambda s, b, *base: train_step(s, b, merge=merge(*base), **step_kwargs),
+        in_shardings=(self.state_shardings, rows, *base_sh), out_shardings=(self.state_shardings, repl),
         donate_argnums=0)
     self._update = jax.jit(
-        lambda s, b: rollout_update(s, b, num_iterations=num_iterations,
-                                    num_minibatches=num_minibatches, **step_kwargs),
-        in_shardings=(self.state_shardings, rows), out_shardings=(self.state_shardings, repl),
+        lambda s, b, *base: rollout_update(s, b, num_iterations=num_iterations,
+                                           num_minibatches=num_minibatches, merge=merge(*base),
+                                           **step_kwargs),
+        in_shardings=(self.state_shardings, rows, *base_sh), out_shardings=(self.state_shardings, repl),
         donate_argnums=0)
     need_ref = loss_cfg.beta != 0.0 or (adv_cfg.kl_in_reward and adv_cfg.beta != 0.0)
     self.need_ref = need_ref
     # Scoring for the reference / old policy runs in as many parts as the update has micro-batches.
     self.score_parts = num_minibatches * grad_accum if score_parts is None else score_parts
+    # The loop keeps reference params: for the KL term, or with LoRA as the frozen base (the same tree).
+    self.keeps_ref = need_ref or lora is not None
     self._prepare = jax.jit(
-        lambda p, r, b, rew, valid: prepare_batch(
-            graphdef, p, r, b, rew, valid, group_size=group_size, cfg=adv_cfg,
-            rescore_old=rescore_old, temperature=loss_cfg.temperature, score_parts=self.score_parts),
+        lambda p, r, b, rew, valid, *base: prepare_batch(
+            graphdef, merge(*base)(p) if base else p, r, b, rew, valid, group_size=group_size,
+            cfg=adv_cfg, rescore_old=rescore_old, temperature=loss_cfg.temperature,
+            score_parts=self.score_parts),
         out_shardings=(rows, repl))
+    if lora is not None:  # only the adapted weights are computed; the other leaves stay the base's
+      self._merged_targets = jax.jit(
+          lambda base, a: lora_lib.merged_targets(base, a, lora.scale),
+          out_shardings=lora_lib.targets_of(self.param_shardings, lora))
 
   def init_state(self, params, rng) -> TrainState:
+    """The initial state: `params` and fresh optimizer moments, or with LoRA new adapters (B = 0) for the
+    base `params` drawn from `rng`."""
     return self._init(params, rng)
+
+  def policy_params(self, params):
+    """The decoder's params of the policy whose state params are `params`: those, or with LoRA the base
+    with the adapters merged in (for the sampler, evaluation and export). A new array per adapted
+    projection; every other leaf is the base's own."""
+    if self.lora is None:
+      return params
+    return lora_lib.replace(self.base, self._merged_targets(self.base, params))
 
   def shard_batch(self, batch: dict, num_rows: int | None = None) -> dict:
     """Host arrays -> global device arrays `[N, ...]` sharded over the batch axes. With several
@@ -369,19 +415,24 @@ class Trainer:
       return jax.device_put(batch, self.row_sharding)
     return {k: shd.global_rows(v, self.mesh, num_rows or v.shape[0]) for k, v in batch.items()}
 
+  @property
+  def _base(self) -> tuple:
+    return () if self.lora is None else (self.base,)
+
   def prepare(self, params, ref_params, batch, rewards_BxG, valid_N):
     """`prepare_batch` on device; host `rewards_BxG` / `valid_N` (the same on every process) go in as
     replicated global arrays."""
     if jax.process_count() > 1:
       rewards_BxG, valid_N = (shd.global_replicated(x, self.mesh) if isinstance(x, np.ndarray) else x
                               for x in (rewards_BxG, valid_N))
-    return self._prepare(params, ref_params if self.need_ref else None, batch, rewards_BxG, valid_N)
+    return self._prepare(params, ref_params if self.need_ref else None, batch, rewards_BxG, valid_N,
+                         *self._base)
 
   def step(self, state: TrainState, batch: dict):
     """One optimizer update on the whole batch (`train_step`); `state` is donated."""
-    return self._step(state, batch)
+    return self._step(state, batch, *self._base)
 
   def update(self, state: TrainState, batch: dict):
     """All μ × minibatch updates of one rollout in one jitted program (`rollout_update`); `state` is
     donated. Returns `(state, metrics averaged over the updates)`."""
-    return self._update(state, batch)
+    return self._update(state, batch, *self._base)
