@@ -157,6 +157,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.k = 4  # pass@k / maj@k samples per prompt (0: greedy accuracy only)
   c.eval.temperature = 1.0  # sampling temperature for pass@k / maj@k
 
+  c.plan = ml_collections.ConfigDict()
+  # Memory per device (GiB) that the planner (python -m grpo_jax.plan) checks the run against before building
+  # it; 0: the device's own memory when JAX reports it (TPU, GPU), else no check (CPU).
+  c.plan.device_memory_gb = 0.0
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 20  # save every N GRPO steps (and at the end)
   c.checkpoint.keep = 2  # keep the last K checkpoints ...

@@ -31,7 +31,7 @@ REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")  # grpo_jax.model.REMA
 FILE_TASKS = ("gsm8k", "math", "local")  # tasks read from task.kwargs.train_path / eval_path
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # grpo_jax.lora.TARGETS
 REQUIRED = ("seed", "mesh", "model", "tokenizer", "task", "prompt", "rewards", "rollout", "grpo",
-            "optim", "train", "eval", "checkpoint", "sft", "lora")
+            "optim", "train", "eval", "checkpoint", "sft", "lora", "plan")
 
 
 class ConfigError(ValueError):
@@ -82,8 +82,9 @@ def _one_of(config, key: str, allowed):
   _check(value in allowed, key, f"{value!r} is not one of {list(allowed)}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises `ConfigError` naming the first bad key."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, *, check_files: bool = True) -> None:
+  """Raises `ConfigError` naming the first bad key. `check_files=False` skips the checks that the model,
+  tokenizer and data paths exist (the memory planner needs only an hf model's config.json)."""
   for key in REQUIRED:
     _check(key in config, key, "missing")
   c = config
@@ -103,12 +104,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.model.source == "hf":
     _check(bool(c.model.path), "model.path", "is required when model.source == 'hf'")
     _check(os.path.isdir(c.model.path), "model.path", f"{c.model.path!r} is not a directory")
-  if c.tokenizer not in ("", "char"):
+  if c.tokenizer not in ("", "char") and check_files:
     _check(os.path.isdir(c.tokenizer), "tokenizer",
            f"{c.tokenizer!r} is not a directory (a Hugging Face tokenizer directory, or 'char')")
   from grpo_jax.tasks import TASKS  # local: importing a config module stays light
   _one_of(c, "task.name", TASKS)
-  if c.task.name in FILE_TASKS:
+  if c.task.name in FILE_TASKS and check_files:
     for key in ("train_path", "eval_path"):
       path = c.task.kwargs.get(key, "")
       _check(key == "eval_path" and not path or bool(path) and os.path.isfile(path),
@@ -165,6 +166,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights),
          "rewards.weights", f"{weights!r} is not allowed; allowed: finite numbers, one per reward function")
   _check(c.rewards.on_error in ("fallback", "drop"), "rewards.on_error", "must be 'fallback' or 'drop'")
+  _number(c, "plan.device_memory_gb", lambda v: v >= 0,
+          ">= 0 (GiB per device; 0: the device's own memory when JAX reports it, else no check)")
   _number(c, "rewards.timeout_s", lambda v: v > 0, "> 0 (seconds per reward-function call)")
   _number(c, "rewards.fallback", lambda v: True, "(the reward of a failed sample)")
   for name in (*names, c.rewards.correctness):

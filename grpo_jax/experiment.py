@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grpo_jax import lora as lora_lib
+from grpo_jax import plan as plan_lib
 from grpo_jax import sharding as shd
 from grpo_jax import tasks as tasks_lib
 from grpo_jax import tokenizer as tokenizer_lib
@@ -84,6 +85,10 @@ def build_experiment(c) -> Experiment:
   mesh = shd.make_mesh(tuple(c.mesh))
   tok_path = c.tokenizer or c.model.path
   tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+  # Before any weight is read: a run whose planned peak exceeds the device memory stops here with a
+  # ConfigError naming the knobs to change (a no-op where JAX reports no device memory and
+  # plan.device_memory_gb is 0, e.g. on CPU).
+  plan_lib.check_fits(c, jax.device_count(), vocab_size=tokenizer.vocab_size, loss_cfg=loss_config(c))
   graphdef, params = build_model(c, tokenizer, mesh)
   model_vocab = int(jax.tree.leaves(params["embed"])[0].shape[0])
   if tokenizer.vocab_size > model_vocab:
