@@ -22,15 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import roofline  # noqa: E402
 
-ORDER = ("grpo_jax", "grpo_jax-warm-cache", "grpo_jax-bf16", "grpo_jax-off-policy", "grpo_jax-scan-decode", "tunix", "trl", "trl-no-gc")
+ORDER = ("grpo_jax", "grpo_jax-before", "grpo_jax-warm-cache", "grpo_jax-bf16", "grpo_jax-off-policy", "grpo_jax-scan-decode", "tunix", "trl", "trl-no-gc")
 LABELS = {"grpo_jax": "grpo_jax", "grpo_jax-warm-cache": "grpo_jax, warm JAX compilation cache",
           "grpo_jax-bf16": "grpo_jax, bf16 matmuls (f32 accumulation)",
           "grpo_jax-scan-decode": "grpo_jax, decode scanned over layers",
           "grpo_jax-off-policy": "grpo_jax, one-step-off-policy rollouts (async)",
+          "grpo_jax-before": "grpo_jax before issue 10 (9bfd665)",
           "tunix": "Tunix (vanilla rollout)", "trl": "TRL GRPOTrainer (defaults)",
           "trl-no-gc": "TRL, gradient_checkpointing=False"}
 SHORT = {"grpo_jax": "grpo_jax", "grpo_jax-warm-cache": "grpo_jax\n(warm cache)", "grpo_jax-bf16": "grpo_jax\n(bf16)",
-         "grpo_jax-scan-decode": "grpo_jax\n(scan decode)", "grpo_jax-off-policy": "grpo_jax\n(off-policy)", "tunix": "Tunix", "trl": "TRL\n(defaults)", "trl-no-gc": "TRL\n(no grad ckpt)"}
+         "grpo_jax-scan-decode": "grpo_jax\n(scan decode)", "grpo_jax-off-policy": "grpo_jax\n(off-policy)", "grpo_jax-before": "grpo_jax\n(before)", "tunix": "Tunix", "trl": "TRL\n(defaults)", "trl-no-gc": "TRL\n(no grad ckpt)"}
 PHASES = ("rollout", "reference", "update")
 
 

@@ -7,7 +7,9 @@
 #
 # Environment: PEER_VENVS (venv folder, default /tmp/grpo_jax_peer_venvs), PEER_DATA (checkpoint and
 # prompts, default /tmp/grpo_jax_peer_data), PEER_OUT (results, default benchmarks/peers/results),
-# GRPO_JAX_PYTHON (use this interpreter for grpo_jax instead of creating a venv), IMPLS (runners to run).
+# GRPO_JAX_PYTHON (use this interpreter for grpo_jax instead of creating a venv), IMPLS (runners to run),
+# BEFORE_REPO (a checkout of an older commit: the runner "grpo_jax-before" runs its bench_grpo_jax.py with
+# its grpo_jax, for before/after comparisons in the same rounds).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO/benchmarks/peers"
@@ -102,6 +104,8 @@ for round in $(seq 1 "$REPEATS"); do
                        --steps "$STEPS" --dtype bfloat16 ;;  # item 5: bf16 matmuls, f32 accumulation
       grpo_jax-off-policy) record grpo_jax-off-policy "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
                              --steps "$STEPS" --off_policy ;;  # rollout of step t+1 during update t
+      grpo_jax-before) record grpo_jax-before "$round" env PYTHONPATH="$BEFORE_REPO" "$PY_GRPO" \
+                         "$BEFORE_REPO/benchmarks/peers/bench_grpo_jax.py" "$DATA" --steps "$STEPS" ;;
       grpo_jax-scan-decode) record grpo_jax-scan-decode "$round" "$PY_GRPO" "$HERE/bench_grpo_jax.py" "$DATA" \
                               --steps "$STEPS" --decode scan ;;
       tunix) record tunix "$round" "$PY_TUNIX" "$HERE/bench_tunix.py" "$DATA" --steps "$STEPS" ;;
