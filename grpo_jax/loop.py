@@ -308,6 +308,9 @@ def train(config, workdir: str, *, fresh_start: bool = False) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns a summary dict (also in summary.json).
   `fresh_start` (or `config.checkpoint.allow_fresh_start`): start over when no checkpoint is usable."""
   config_lib.validate(config, jax.device_count())
+  if "://" in workdir:
+    raise config_lib.ConfigError(f"--workdir {workdir}: a URL is not supported yet (it would become a local "
+                                 "directory); mount the bucket on every host (e.g. gcsfuse) and pass the path")
   if config.grpo.dynamic_sampling and jax.process_count() > 1:
     raise config_lib.ConfigError("config.grpo.dynamic_sampling: refilling groups from several rollouts is "
                                  "single-process for now; set it False on multi-host runs")

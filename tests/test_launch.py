@@ -52,7 +52,7 @@ def _log(tmp_path, name):
     ("v5p-32", "v5p-32", "v2-alpha-tpuv5"),
 ])
 def test_tpu_vm_dry_run(accelerator, kind, version):
-  env = dict(TPU_NAME="grpo", ZONE="us-central2-b", ACCELERATOR=accelerator, WORKDIR="gs://bkt/runs/x",
+  env = dict(TPU_NAME="grpo", ZONE="us-central2-b", ACCELERATOR=accelerator, WORKDIR="/mnt/gcs/bkt/runs/x",
              PROJECT="proj", SETUP_CMD="gsutil -m cp -r gs://bkt/model ~/")
   create, tar, scp, install, train = _dry("tpu_vm.sh", "all", "--config.model.path=/home/u/model", **env)
   assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "grpo", "--zone=us-central2-b",
@@ -67,12 +67,12 @@ def test_tpu_vm_dry_run(accelerator, kind, version):
   cd, main = train[-1].removeprefix("--command=").split(" && ")
   assert cd == "cd ~/grpo_jax"
   assert shlex.split(main) == ["python3", "-m", "grpo_jax.main",
-                               "--config=experiments/qwen2_5_0_5b_gsm8k.py", "--workdir=gs://bkt/runs/x",
+                               "--config=experiments/qwen2_5_0_5b_gsm8k.py", "--workdir=/mnt/gcs/bkt/runs/x",
                                "--tpu_auto", "--config.model.path=/home/u/model"]  # no coordinator flags
 
 
 def test_tpu_vm_runs_what_it_prints_and_names_missing_settings(tmp_path):
-  env = dict(TPU_NAME="grpo", ZONE="z", WORKDIR="gs://bkt/r", TMPDIR=tmp_path, SPOT=1)
+  env = dict(TPU_NAME="grpo", ZONE="z", WORKDIR="/mnt/gcs/bkt/r", TMPDIR=tmp_path, SPOT=1)
   _recorder(tmp_path, "gcloud")
   printed = [c for c in _dry("tpu_vm.sh", "all", "--config.train.num_steps=2", **env) if c[0] == "gcloud"]
   proc = _run("tpu_vm.sh", "all", "--config.train.num_steps=2", PATH=f"{tmp_path}/bin:{os.environ['PATH']}",
@@ -147,3 +147,9 @@ def test_scripts_are_shellcheck_clean():
   assert len(SCRIPTS) == 4
   proc = subprocess.run([_shellcheck(), "-x", *SCRIPTS], cwd=LAUNCH, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout
+
+
+def test_tpu_vm_refuses_a_url_workdir():
+  env = dict(TPU_NAME="grpo", ZONE="z", WORKDIR="gs://bkt/r", DRY_RUN="1")
+  proc = _run("tpu_vm.sh", "run", **env)
+  assert proc.returncode == 2 and "mount the bucket" in proc.stderr, proc.stderr

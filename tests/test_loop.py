@@ -103,3 +103,12 @@ def test_validate_rejects(key, value, named):
   node[leaf] = value
   with pytest.raises(config_lib.ConfigError, match=named.replace(".", r"\.")):
     config_lib.validate(c, 8)
+
+
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  from grpo_jax import loop
+  monkeypatch.chdir(tmp_path)
+  c = config_lib.load_config(DEFAULT)
+  with pytest.raises(config_lib.ConfigError, match=r"gs://bkt/run: a URL is not supported.*gcsfuse"):
+    loop.train(c, "gs://bkt/run")
+  assert os.listdir(tmp_path) == []  # no local "gs:" directory

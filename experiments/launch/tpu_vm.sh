@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cloud TPU VM: create a slice, install grpo_jax on every worker, run one experiment on all of them.
 #
-#   TPU_NAME=grpo ZONE=us-central2-b ACCELERATOR=v4-8 WORKDIR=gs://my-bucket/runs/gsm8k \
+#   TPU_NAME=grpo ZONE=us-central2-b ACCELERATOR=v4-8 WORKDIR=/mnt/gcs/my-bucket/runs/gsm8k \
 #   SETUP_CMD='gsutil -m cp -r gs://my-bucket/models/Qwen2.5-0.5B-Instruct gs://my-bucket/gsm8k ~/' \
 #     experiments/launch/tpu_vm.sh all \
 #       --config.model.path=/home/$USER/Qwen2.5-0.5B-Instruct \
@@ -12,9 +12,10 @@
 # are passed to `python -m grpo_jax.main`.
 # Every worker runs the same command with --tpu_auto: jax.distributed discovers the slice itself (no
 # coordinator flags), each process feeds its own chips, and every process takes part in the Orbax
-# checkpoints under WORKDIR, which all workers must share: a gs:// path, or a bucket mounted on every worker
-# with gcsfuse (until loop.py, checkpoint.py, lock.py and metrics.py write through a remote-path API, a
-# gs:// WORKDIR is taken for a local directory name). Run the same `run` step again to resume.
+# checkpoints under WORKDIR, which all workers must share: a bucket mounted at the same path on every worker
+# (gcsfuse, e.g. in SETUP_CMD) or another shared filesystem. A gs:// URL is refused (here and by
+# grpo_jax.main) until the loop, checkpointer, lock and metrics writer write through a remote-path API.
+# Run the same `run` step again to resume.
 #
 # Environment: TPU_NAME, ZONE, WORKDIR (required); ACCELERATOR (v4-8, v5e-16 = v5litepod-16, v5p-32, ...;
 # default v4-8); RUNTIME_VERSION (default: the TPU VM base image of the accelerator's generation);
@@ -75,6 +76,10 @@ install() {
 
 train() {
   need WORKDIR
+  if [[ "$WORKDIR" == *://* ]]; then
+    echo "error: WORKDIR=$WORKDIR is a URL; mount the bucket on every worker (gcsfuse) and pass the mount path" >&2
+    exit 2
+  fi
   local cmd
   cmd="cd ~/grpo_jax && $(quote python3 -m grpo_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
     --tpu_auto "$@")"
