@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from grpo_jax.toys import make_toy
-from grpo_jax.toys.program import KNOBS, Spec, arm_program, make_train, merge_specs, stack_knobs
+from grpo_jax.toys.program import KNOBS, Spec, arm_program, make_train, merge_specs, program_base, stack_knobs
 
 RESULTS_VERSION = 1  # bump when the meaning of stored results changes
 SMOKE_STEPS, SMOKE_SEEDS = 3, 2
@@ -184,10 +184,10 @@ def run_group(group: list[ArmSettings], fast: bool) -> list[dict[str, np.ndarray
 
 
 def _groups(pending: list[ArmSettings]) -> list[list[ArmSettings]]:
-  """Pending arms grouped by (toy, spec up to max_iterations/use_ref), in first-appearance order."""
+  """Pending arms grouped by (toy, spec up to max_iterations/use_ref/mismatch), in first-appearance order."""
   groups: dict = {}
   for s in pending:
-    base = dataclasses.replace(s.spec, max_iterations=1, use_ref=False)
+    base = program_base(s.spec)
     groups.setdefault((s.toy(), base, s.seeds), []).append(s)
   return list(groups.values())
 

@@ -29,7 +29,7 @@ METHOD = """## Method
 | T2 `scratchpad` | running sums mod 10 of 4 operands, one checkable step per token, then THINK* and EOS | 100 shared (previous digit, operand) cells + a positional THINK/EOS tail | accuracy over all 10^4 prompts (DP), per-step accuracy, pass@k |
 | T3 `scratchpad` | T2 under a limit of 10 tokens: 20% of the initial rollouts are truncated | as T2 | accuracy within the limit, truncation rate |
 
-**Why tables and not the Decoder.** The suite trains 38 arms × 6–10 seeds × 200–400 steps. A GRPO step of a
+**Why tables and not the Decoder.** The suite trains 50 arms × 6–10 seeds × 200–400 steps. A GRPO step of a
 two-layer `grpo_jax.model.Decoder` (hidden 64) on T2's batch costs the time measured under "Many seeds in
 one program" below — hours for the suite on this CPU, against minutes with tables — and the Decoder would
 first need a supervised warm start to write the scratchpad at all. The tables run the identical GRPO code
@@ -41,10 +41,11 @@ vocabulary), and the absolute sizes of the published effects.
 
 **Programs.** `grpo_jax.toys.program.make_train(toy, spec)` is the purejaxrl-style run: `lax.scan` over steps
 of sample → reward → advantages → loss (μ gradient steps) → update, `vmap`ped over seeds. Settings that
-change the program (shapes, aggregation, clip range, KL estimator) form the `Spec`; the rest — learning rate,
-β, advantage estimator, supervision, KL placement, loss filters, soft overlong penalty, reference resets, μ
-— are traced *knobs*, so arms that differ only in knobs (and the values of a numeric sweep) run as one
-program, `vmap`ped over arms × seeds.
+change the program (shapes, aggregation, clip range, KL estimator, objective) form the `Spec`; the rest —
+learning rate, β, advantage estimator, supervision, KL placement, loss filters, soft overlong penalty,
+reference resets, μ, the sampler's temperature and the rollout correction — are traced *knobs*, so arms
+that differ only in knobs (and the values of a numeric sweep) run as one program, `vmap`ped over arms ×
+seeds.
 
 **Statistics.** Every number is a mean over seeds with a 95% Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁·s/√n).
 The arms of an axis share the seeds 0…n−1 — hence the prompt draws and sampling keys — so a claim's

@@ -149,3 +149,20 @@ def test_config_errors_name_the_axis_arm_and_key():
     ablate.arm_settings(axis, mc.ConfigDict(dict(name="k", kl_placement="inside")), smoke=True)
   with pytest.raises(FileNotFoundError, match="no_such.py"):
     ablate.load_suite("experiments/ablations/no_such.py")
+
+
+def test_rollout_correction_and_objectives_axes_group_into_their_programs():
+  """All six mismatch/correction arms differ only in knobs (one program, the mismatch path compiled in);
+  the objectives axis needs one program per loss type, each running μ = 1 and μ = 4."""
+  axes = {a.name: a for a in ablate.load_suite(ALL).axes}
+  settings = {name: [ablate.arm_settings(axes[name], arm, smoke=False) for arm in axes[name].arms]
+              for name in ("rollout_correction", "objectives")}
+  (group,) = ablate._groups(settings["rollout_correction"])
+  assert len(group) == 6 and ablate.merge_specs(s.spec for s in group).mismatch
+  knobs = {s.name: dict(s.knob_rows[0]) for s in group}
+  assert knobs["on_policy"]["sampler_temperature"] == 1.0 and knobs["mismatch"]["sampler_temperature"] > 1
+  assert knobs["mismatch_mis_seq"]["rollout_is_sequence"] == 1.0 and knobs["mismatch_sampler_old"]["rescore_old"] == 0
+  groups = ablate._groups(settings["objectives"])
+  assert [sorted(s.name for s in g) for g in groups] == [[f"{t}_mu1", f"{t}_mu4"] for t in ("grpo", "cispo", "gmpo")]
+  assert [ablate.merge_specs(s.spec for s in g).max_iterations for g in groups] == [4, 4, 4]
+  assert not any(s.spec.mismatch for s in settings["objectives"])

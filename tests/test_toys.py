@@ -257,3 +257,73 @@ def test_sampler_step_logits_equal_the_teacher_forced_ones(toy):
   full = jax.jit(toy.logits)(params, ctx_N, ro.tokens_NxT)
   step = jax.jit(lambda p, c, x: jnp.stack([toy.step_logits(p, c, x, t) for t in range(toy.completion_len)], 1))
   np.testing.assert_array_equal(np.asarray(step(params, ctx_N, ro.tokens_NxT)), np.asarray(full))
+
+
+def _train_rows(toy, spec, rows, seeds=2):
+  """Curves [R, S, steps] of `make_train(toy, spec)` for knob rows `rows` (as the ablation runner)."""
+  train = jax.vmap(jax.vmap(program.make_train(toy, spec), in_axes=(0, None)), in_axes=(None, 0))
+  keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
+  return jax.jit(train)(keys, program.stack_knobs(rows))[0]
+
+
+def test_sampler_mismatch_and_rollout_correction_in_the_toy_program():
+  """The mismatch path with neutral knobs is the plain program; without a mismatch the rollout
+  correction is a no-op (weights 1); with a hotter sampler (temperature 3) it reports μ's log-probs, the
+  corrections change the run and the exact mismatch KL is positive."""
+  toy = SeqBandit(num_prompts=16, num_answers=8, max_len=12)  # long enough for sequence ratios out of [1/2, 2]
+  settings = dict(steps=5, prompts_per_step=8, group_size=4, optimizer="sgd", lr=4.0)  # SGD: weights scale steps
+  plain_spec, plain = program.arm_program(**settings)
+  spec, _ = program.arm_program(**settings, sampler_temperature=3.0, old_logp="rescore", rollout_is="tis")
+  assert spec.mismatch and not plain_spec.mismatch and program.merge_specs([plain_spec, spec]) == spec
+  rows = [plain] + [program.arm_program(**settings, **kw)[1] for kw in (
+      dict(old_logp="rescore"), dict(old_logp="rescore", rollout_is="tis"),
+      dict(old_logp="rescore", rollout_is="mis", rollout_is_level="sequence"),
+      dict(sampler_temperature=3.0, old_logp="rescore"),
+      dict(sampler_temperature=3.0, old_logp="rescore", rollout_is="tis"),
+      dict(sampler_temperature=3.0, old_logp="rescore", rollout_is="mis", rollout_is_level="sequence"))]
+  c = _train_rows(toy, spec, rows)
+  ref = _train_rows(toy, plain_spec, [plain])
+  for name in ref:  # neutral knobs in the mismatch program: the plain program (up to XLA's fusion order)
+    np.testing.assert_allclose(c[name][0], ref[name][0], rtol=1e-6, atol=1e-9, err_msg=name)
+  for r in (1, 2, 3):  # no mismatch: re-score and weights are 1 up to float error
+    np.testing.assert_allclose(c["success"][r], c["success"][0], rtol=1e-5)
+    assert float(jnp.max(jnp.abs(c["is_weight_mean"][r] - 1))) < 1e-5
+    assert float(jnp.max(c["mismatch_kl"][r])) < 1e-9
+  assert float(jnp.min(c["mismatch_kl"][4])) > 1e-3  # the hotter sampler is visibly another policy
+  for r in (5, 6):  # the corrections reweight: a different run from the uncorrected one
+    assert float(jnp.max(jnp.abs(c["len_wrong"][r] - c["len_wrong"][4]))) > 5e-5, r  # float noise: < 1e-6
+    assert float(jnp.max(jnp.abs(c["is_weight_mean"][r] - 1))) > 1e-3
+  assert float(jnp.max(c["is_masked_frac"][6])) > 0 and float(jnp.max(c["is_masked_frac"][5])) == 0
+  # The sampler reports the log-probs of the distribution it samples from, softmax(logits / 1.5).
+  params, ctx_N = toy.init_params(), jnp.arange(16)
+  params = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(3), x.shape), params)
+  ro = program.sample(toy, params, ctx_N, jax.random.key(4), SamplingParams(), jnp.float32(1.5))
+  mu = losses.token_logprobs(toy.logits(params, ctx_N, ro.tokens_NxT) / 1.5, ro.tokens_NxT)
+  np.testing.assert_allclose(ro.logp_NxT, mu * ro.mask_NxT, atol=1e-5)
+  pi = program.completion_logprobs(toy, params, ctx_N, ro.tokens_NxT, 1.0)
+  assert float(jnp.max(jnp.abs((pi - mu) * ro.mask_NxT))) > 0.05
+
+
+def test_objectives_agree_on_policy_and_differ_off_policy():
+  """CISPO and GMPO have GRPO's gradient at ratio 1: at μ = 1 the three runs coincide; at μ = 3 the extra
+  passes move the ratios (past GRPO's clip) and the objectives give different runs."""
+  toy = SeqBandit(num_prompts=16, max_len=6)
+  # SGD: Adam's first steps are ~sign(g) and would blow float noise on near-zero gradients up to lr.
+  settings = dict(steps=4, prompts_per_step=8, group_size=4, optimizer="sgd", lr=20.0)
+  curves = {}
+  for loss_type, clip in (("grpo", (0.2, 0.2)), ("cispo", (1.0, 0.2)), ("gmpo", (0.4, 0.4))):
+    rows = [program.arm_program(**settings, loss_type=loss_type, clip_low=clip[0], clip_high=clip[1],
+                                num_iterations=mu) for mu in (1, 3)]
+    assert rows[0][0].loss_type == loss_type
+    curves[loss_type] = _train_rows(toy, rows[1][0], [r[1] for r in rows])
+  for name in ("success", "len_wrong", "reward"):
+    for other in ("cispo", "gmpo"):
+      np.testing.assert_allclose(curves[other][name][0], curves["grpo"][name][0], rtol=2e-5, atol=1e-6,
+                                 err_msg=f"{other} {name} at mu = 1")
+  for other in ("cispo", "gmpo"):
+    assert float(jnp.max(jnp.abs(curves[other]["success"][1] - curves["grpo"]["success"][1]))) > 1e-3, other
+  assert float(jnp.max(curves["grpo"]["clip_frac"][1])) > 0.01  # the extra passes did leave the trust region
+  with pytest.raises(ValueError, match="rollout_is='tis'.*old_logp='rescore'"):
+    program.arm_program(rollout_is="tis")
+  with pytest.raises(ValueError, match="loss_type='ppo'"):
+    program.arm_program(loss_type="ppo")

@@ -9,7 +9,7 @@ import os
 import ml_collections as mc
 
 AXES = ("std_norm", "loss_agg", "clip_higher", "gspo", "kl", "zero_var", "overlong", "group_size", "rft",
-        "majk")  # one experiments/ablations/<name>.py per axis, in report order
+        "majk", "rollout_correction", "objectives")  # one experiments/ablations/<name>.py per axis, in report order
 
 
 def _axis(name: str) -> mc.ConfigDict:

@@ -9,8 +9,9 @@ compiled program. Every piece of GRPO math comes from the package: `advantages.g
 Settings come in two kinds. A `Spec` holds what changes the compiled program (shapes, the loss
 aggregation, the clip range, the KL estimator, ...). The `KNOBS` are traced float32 scalars — the
 learning rate and β, but also the advantage estimator, the supervision, the KL placement, the loss
-filters, the soft overlong penalty, reference resets and μ — so arms that differ only in knobs share
-one compiled program and are vmapped together (each cheap alternative is computed and one is selected).
+filters, the soft overlong penalty, reference resets, μ, the sampler's temperature and the rollout
+correction — so arms that differ only in knobs share one compiled program and are vmapped together (each
+cheap alternative is computed and one is selected). The loss objective (`Spec.loss_type`) is static.
 `arm_program(**settings)` splits a flat dict of settings into the two.
 
 A toy (see `grpo_jax.toys`) is a frozen dataclass with
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from grpo_jax import advantages as adv_lib
-from grpo_jax import losses
+from grpo_jax import correction, losses
 from grpo_jax.sampler import SamplingParams
 
 # Runtime-selectable choices (index = knob value). "grpo_batch" is group_advantages(scale="batch").
@@ -47,8 +48,10 @@ KL_PLACEMENTS = ("none", "loss", "reward")
 FILTERS = ("none", "mask_zero_std", "dynamic")
 OVERLONG = ("none", "mask", "soft", "mask_soft")
 OPTIMIZERS = ("sgd", "adam")
+OLD_LOGP = ("sampler", "rescore")  # π_θold of the ratio: the sampler's log-probs, or the trainer's re-score
 KNOBS = ("lr", "beta", "estimator", "supervision", "kl_in_reward", "mask_zero_std", "mask_truncated",
-         "soft_overlong", "ref_reset_every", "num_iterations")
+         "soft_overlong", "ref_reset_every", "num_iterations", "sampler_temperature", "rescore_old",
+         "rollout_is", "rollout_is_sequence")
 
 
 @flax.struct.dataclass
@@ -86,21 +89,47 @@ class Spec:
   soft_cache: int = 3  # L_cache of DAPO's soft overlong punishment (tokens), used when the knob is on
   optimizer: str = "sgd"  # sgd | adam
   temperature: float = 1.0
+  loss_type: str = "grpo"  # losses.policy_loss objective: grpo | cispo | gmpo | sapo
+  # Compile the sampler/trainer mismatch path: the sampler divides its logits by the knob
+  # sampler_temperature, the trainer re-scores the rollout (knob rescore_old) and the rollout-correction
+  # weights of `grpo_jax.correction` (knobs rollout_is, rollout_is_sequence) multiply the loss.
+  mismatch: bool = False
+  rollout_is_threshold: float = 2.0  # C of correction.rollout_is_weights (TIS: min(ρ, C); MIS: [1/C, C])
 
 
 def arm_program(*, steps=100, prompts_per_step=16, group_size=8, agg="seq-mean-token-mean", kl_kind="k3",
                 clip_low=0.2, clip_high=0.2, ratio_level="token", num_iterations=1, optimizer="sgd",
                 temperature=1.0, soft_cache=3, lr=0.0, beta=0.0, estimator="grpo", scale="group",
                 supervision="outcome", kl_placement="none", filter="none", oversample=1, overlong="none",
-                ref_reset_every=0) -> tuple[Spec, dict[str, float]]:
-  """(Spec, knob values) of one arm from its flat settings; errors name the bad setting."""
+                ref_reset_every=0, loss_type="grpo", sampler_temperature=1.0, old_logp="sampler",
+                rollout_is="none", rollout_is_level="token", rollout_is_threshold=2.0
+                ) -> tuple[Spec, dict[str, float]]:
+  """(Spec, knob values) of one arm from its flat settings; errors name the bad setting.
+
+  The mismatch settings (as `train.prepare_batch`): `sampler_temperature` ≠ 1 makes the behaviour policy
+  μ sample from softmax(logits / (temperature · sampler_temperature)) while the trainer scores at
+  `temperature`; `old_logp="rescore"` uses the trainer's re-score as π_θold instead of the sampler's
+  log-probs; `rollout_is` ("tis" / "mis", at `rollout_is_level` token / sequence, threshold C) weighs the
+  loss by `correction.rollout_is_weights` of π_θold/μ and needs the re-score."""
   def check(name, value, choices):
     if value not in choices:
       raise ValueError(f"{name}={value!r} is not one of {choices}")
   for name, value, choices in (("supervision", supervision, SUPERVISION), ("kl_placement", kl_placement,
                                KL_PLACEMENTS), ("filter", filter, FILTERS), ("overlong", overlong, OVERLONG),
-                               ("optimizer", optimizer, OPTIMIZERS), ("scale", scale, adv_lib.SCALES)):
+                               ("optimizer", optimizer, OPTIMIZERS), ("scale", scale, adv_lib.SCALES),
+                               ("loss_type", loss_type, losses.LOSS_TYPES), ("old_logp", old_logp, OLD_LOGP),
+                               ("rollout_is", rollout_is, correction.IS_MODES),
+                               ("rollout_is_level", rollout_is_level, correction.IS_LEVELS)):
     check(name, value, choices)
+  if loss_type != "grpo" and ratio_level != "token":
+    raise ValueError(f"ratio_level={ratio_level!r} (GSPO) needs loss_type='grpo', got loss_type={loss_type!r}")
+  if not sampler_temperature > 0:
+    raise ValueError(f"sampler_temperature must be > 0, got sampler_temperature={sampler_temperature!r}")
+  if rollout_is != "none" and old_logp != "rescore":
+    raise ValueError(f"rollout_is={rollout_is!r} weighs the trainer's π_θold against the sampler's log-probs "
+                     f"and needs old_logp='rescore', got old_logp={old_logp!r}")
+  if not rollout_is_threshold > 1:
+    raise ValueError(f"rollout_is_threshold must be > 1, got rollout_is_threshold={rollout_is_threshold!r}")
   est = "grpo_batch" if (estimator, scale) == ("grpo", "batch") else \
       "dr_grpo" if (estimator, scale) == ("grpo", "none") else estimator
   check("estimator", est, ESTIMATORS)
@@ -116,28 +145,39 @@ def arm_program(*, steps=100, prompts_per_step=16, group_size=8, agg="seq-mean-t
     raise ValueError(f"need num_iterations >= 1 and ref_reset_every >= 0, got {num_iterations}, "
                      f"{ref_reset_every}")
   use_ref = kl_placement != "none" or ref_reset_every > 0
+  mismatch = sampler_temperature != 1.0 or old_logp == "rescore" or rollout_is != "none"
   spec = Spec(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, agg=agg,
               kl_kind=kl_kind if kl_placement != "none" else "k3", clip_low=clip_low, clip_high=clip_high,
               ratio_level=ratio_level, max_iterations=num_iterations,
               oversample=oversample if filter == "dynamic" else 1, use_ref=use_ref, soft_cache=soft_cache,
-              optimizer=optimizer, temperature=temperature)
+              optimizer=optimizer, temperature=temperature, loss_type=loss_type, mismatch=mismatch,
+              rollout_is_threshold=rollout_is_threshold if rollout_is != "none" else 2.0)
   knobs = {"lr": lr, "beta": beta if kl_placement != "none" else 0.0, "estimator": ESTIMATORS.index(est),
            "supervision": SUPERVISION.index(supervision), "kl_in_reward": kl_placement == "reward",
            "mask_zero_std": filter == "mask_zero_std", "mask_truncated": overlong in ("mask", "mask_soft"),
            "soft_overlong": overlong in ("soft", "mask_soft"), "ref_reset_every": ref_reset_every,
-           "num_iterations": num_iterations}
+           "num_iterations": num_iterations, "sampler_temperature": sampler_temperature,
+           "rescore_old": old_logp == "rescore", "rollout_is": correction.IS_MODES.index(rollout_is),
+           "rollout_is_sequence": rollout_is_level == "sequence"}
   return spec, {k: float(v) for k, v in knobs.items()}
 
 
+def program_base(spec: Spec) -> Spec:
+  """`spec` without the capabilities a shared program may add (more passes, a reference, the mismatch
+  path): arms whose bases are equal run as one program."""
+  return dataclasses.replace(spec, max_iterations=1, use_ref=False, mismatch=False)
+
+
 def merge_specs(specs) -> Spec:
-  """One Spec that runs every arm of `specs` (equal but for max_iterations and use_ref)."""
+  """One Spec that runs every arm of `specs` (equal but for max_iterations, use_ref and mismatch; an arm
+  without the mismatch path runs in it with neutral knobs: the sampler's log-probs, weights 1)."""
   specs = list(specs)
-  base = dataclasses.replace(specs[0], max_iterations=1, use_ref=False)
+  base = program_base(specs[0])
   for s in specs[1:]:
-    if dataclasses.replace(s, max_iterations=1, use_ref=False) != base:
-      raise ValueError(f"specs differ in more than max_iterations/use_ref: {specs[0]} vs {s}")
+    if program_base(s) != base:
+      raise ValueError(f"specs differ in more than max_iterations/use_ref/mismatch: {specs[0]} vs {s}")
   return dataclasses.replace(base, max_iterations=max(s.max_iterations for s in specs),
-                             use_ref=any(s.use_ref for s in specs))
+                             use_ref=any(s.use_ref for s in specs), mismatch=any(s.mismatch for s in specs))
 
 
 def soft_overlong_penalty(length_N, truncated_N, max_len: int, cache_len: int):
@@ -154,11 +194,12 @@ def row_keys(key, n: int):
   return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
 
 
-def sample(toy, params, ctx_N, key, sampling: SamplingParams) -> Rollout:
+def sample(toy, params, ctx_N, key, sampling: SamplingParams, logit_divisor=None) -> Rollout:
   """Autoregressive rollout of N rows with the sampler's sampling functions; token t of row b uses
   `fold_in(fold_in(key, b), t)` like `sampler.generate`. Step t reads `toy.step_logits` on the buffer,
   which equals the teacher-forced `toy.logits(...)[:, t]` the trainer scores with, so the on-policy ratio
-  is 1 up to float error."""
+  is 1 up to float error. `logit_divisor` (a traced scalar) makes the sampler deliberately differ from
+  the trainer: it samples from, and reports the log-probs of, the logits divided by it."""
   T = toy.completion_len
   n = jax.tree.leaves(ctx_N)[0].shape[0]
   keys_N = row_keys(key, n)
@@ -166,6 +207,8 @@ def sample(toy, params, ctx_N, key, sampling: SamplingParams) -> Rollout:
   def step(carry, t):
     tokens_NxT, done_N = carry
     logits_NxV = toy.step_logits(params, ctx_N, tokens_NxT, t)
+    if logit_divisor is not None:
+      logits_NxV = logits_NxV / logit_divisor
     tok_N = sampling.sample(logits_NxV, jax.vmap(jax.random.fold_in, (0, None))(keys_N, t))
     logp_N = sampling.logprobs(logits_NxV, tok_N)
     live_N = ~done_N
@@ -208,7 +251,7 @@ def make_train(toy, spec: Spec):
   """
   B, G, T = spec.prompts_per_step, spec.group_size, toy.completion_len
   sampling = SamplingParams(temperature=spec.temperature)
-  clip_names = ("clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl_old")
+  clip_names = ("clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl_old", "ratio_max")
 
   def advantages_NxT(scores: Scores, rewards_BxG, knobs):
     """Every advantage the knobs can pick, computed by the package, then the chosen one.  -> [N, T]."""
@@ -227,17 +270,39 @@ def make_train(toy, spec: Spec):
     choices = [jnp.broadcast_to(c, (B * G, T)) for c in (*choices, rft, rft)]
     return jnp.stack(choices)[knobs["supervision"].astype(jnp.int32)]
 
-  def loss_fn(params, ctx_N, ro: Rollout, ref_logp, adv, loss_mask, knobs):
+  def loss_fn(params, ctx_N, ro: Rollout, old_logp, ref_logp, adv, loss_mask, is_weight, knobs):
     logp = completion_logprobs(toy, params, ctx_N, ro.tokens_NxT, spec.temperature)
     # RFT is supervised fine-tuning on the kept samples: with old = sg(logp) the ratio is 1 and the
     # clipped objective's gradient is exactly -adv * grad log pi, whoever sampled them (offline RFT).
     is_rft = knobs["supervision"] >= SUPERVISION.index("rft_online")
-    old = jnp.where(is_rft, jax.lax.stop_gradient(logp), ro.logp_NxT)
+    old = jnp.where(is_rft, jax.lax.stop_gradient(logp), old_logp)
     beta_loss = knobs["beta"] * (1.0 - knobs["kl_in_reward"]) if spec.use_ref else 0.0
     return losses.grpo_loss(
         logp, old, ref_logp if spec.use_ref else None, adv, loss_mask, beta=beta_loss,
         kl_kind=spec.kl_kind, clip_low=spec.clip_low, clip_high=spec.clip_high,
-        ratio_level=spec.ratio_level, agg=spec.agg)
+        ratio_level=spec.ratio_level, agg=spec.agg, loss_type=spec.loss_type, is_weight=is_weight)
+
+  def correct(params, ctx_N, ro: Rollout, knobs):
+    """(π_θold [N, T], rollout-IS weights [N, T] or None, stats) of the mismatch path (`Spec.mismatch`):
+    the trainer's re-score or the sampler's log-probs, and the weights the knobs pick (1 for "none")."""
+    if not spec.mismatch:
+      return ro.logp_NxT, None, {}
+    rescored = jax.lax.stop_gradient(completion_logprobs(toy, params, ctx_N, ro.tokens_NxT, spec.temperature))
+    old = jnp.where(knobs["rescore_old"] > 0, rescored, ro.logp_NxT)
+    weights = {}
+    for mode in ("tis", "mis"):
+      for level in correction.IS_LEVELS:
+        weights[mode, level] = correction.rollout_is_weights(
+            old, ro.logp_NxT, ro.mask_NxT, mode=mode, level=level, threshold=spec.rollout_is_threshold)[0]
+    seq = knobs["rollout_is_sequence"] > 0
+    w = jnp.stack([ro.mask_NxT] + [jnp.where(seq, weights[m, "sequence"], weights[m, "token"])
+                                   for m in ("tis", "mis")])[knobs["rollout_is"].astype(jnp.int32)]
+    valid = ro.mask_NxT > 0
+    n = jnp.maximum(jnp.sum(valid), 1)
+    stats = {"mismatch_kl": correction.mismatch_metrics(rescored, ro.logp_NxT, ro.mask_NxT)["mismatch/kl"],
+             "is_weight_mean": jnp.sum(jnp.where(valid, w, 0.0)) / n,
+             "is_masked_frac": jnp.sum(valid & (w == 0)) / n}
+    return old, w, stats
 
   def train(rng, knobs):
     params0 = toy.init_params()
@@ -249,7 +314,8 @@ def make_train(toy, spec: Spec):
       key = jax.random.fold_in(rng, t)
       k_prompt, k_sample = jax.random.split(key)
       ctx_N = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), toy.draw_prompts(k_prompt, B * spec.oversample))
-      ro = sample(toy, _tree_where(is_offline, params0, params), ctx_N, k_sample, sampling)
+      ro = sample(toy, _tree_where(is_offline, params0, params), ctx_N, k_sample, sampling,
+                  knobs["sampler_temperature"] if spec.mismatch else None)
       scores = toy.score(ctx_N, ro.tokens_NxT, ro.mask_NxT, ro.truncated_N)
       length_N = jnp.sum(ro.mask_NxT, -1)
       penalty_N = soft_overlong_penalty(length_N, ro.truncated_N, T, spec.soft_cache)
@@ -277,10 +343,12 @@ def make_train(toy, spec: Spec):
       loss_mask = ro.mask_NxT * (~drop_N)[:, None]
       stats["informative_kept"] = 1.0 - jnp.mean(zero_std_B.astype(jnp.float32))
 
+      old_logp, is_weight, is_stats = correct(params, ctx_N, ro, knobs)
+      stats.update(is_stats)
       grad_fn = jax.grad(loss_fn, has_aux=True)
 
       def update(p, s):
-        grads, m = grad_fn(p, ctx_N, ro, ref_logp, adv, loss_mask, knobs)
+        grads, m = grad_fn(p, ctx_N, ro, old_logp, ref_logp, adv, loss_mask, is_weight, knobs)
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, grads, {k: m[k] for k in clip_names}
 
