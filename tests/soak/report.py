@@ -61,7 +61,7 @@ def run_mutation(m: dict) -> dict:
     open(path, "w").write(text.replace(m["old"], m["new"]))
     env = dict(os.environ, PYTHONPATH=tree)
     env.pop("GRPO_SOAK_RECORD", None)
-    rc, summary, seconds, _ = _pytest(["-x", *m["tests"]], tree, env)
+    rc, summary, seconds, _ = _pytest(["-x", "-m", "slow or not slow", *m["tests"]], tree, env)
   result = {0: "NOT CAUGHT (tests pass)", 1: "caught (tests fail)"}.get(rc, f"ERROR (pytest exit {rc})")
   return {**m, "result": result, "summary": summary, "seconds": seconds}
 
